@@ -1,0 +1,39 @@
+# Developer entry points. On a fresh machine `make run` and `make test` set everything up first.
+#   make run    build and install into .venv, then generate with the default model (SmolLM2-135M)
+#   make test   build (with the C++ tests) and install into .venv, then run every test
+#   make cuda   the same install with the CUDA backend (-DGGML_CUDA=ON)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROMPT ?= The capital of France is
+
+# llama-cpp-python is installed Python-only: our build makes the one libllama it loads, so llama.cpp is
+# compiled once. pip passes CMAKE_ARGS to every scikit-build-core build, ours included.
+export CMAKE_ARGS := -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF $(CMAKE_ARGS)
+PIP := $(PY) -m pip --disable-pip-version-check
+INSTALL := $(PIP) install -v --no-build-isolation -Ccmake.define.ADAMAS_BUILD_TESTS=ON
+
+.PHONY: deps install cuda run test clean
+all: install
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install "llama-cpp-python==0.3.36" "scikit-build-core>=0.10" "cmake>=3.21" ninja "gguf>=0.10" "numpy>=1.20" "pytest>=7.4"
+	touch $@
+
+deps: $(VENV)/.deps
+
+install: deps
+	$(INSTALL) .
+
+cuda: deps
+	$(INSTALL) -Ccmake.define.GGML_CUDA=ON .
+
+run: install
+	$(PY) -m adamas_gguf run -p "$(PROMPT)" -n 32 --temp 0
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf build $(VENV)
