@@ -33,7 +33,7 @@ run: install
 	$(PY) -m adamas_gguf run -p "$(PROMPT)" -n 32 --temp 0
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf build $(VENV)
