@@ -140,7 +140,7 @@ def download_sdist(dest: Path) -> Path:
             cmd.insert(4, "--no-build-isolation")
         except ImportError:
             pass
-        log("downloading " + " ".join(cmd[3:]))
+        log("pip " + " ".join(cmd[3:]))
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         got = Path(tmp) / SDIST_FILE
         if r.returncode != 0 or not got.is_file():

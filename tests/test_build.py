@@ -119,3 +119,10 @@ def test_corrupt_sdist_is_refused(tmp_path):
     fake.write_bytes(b"not the sdist")
     r = _prepare(REPO, tmp_path / "out", fake)
     assert r.returncode == 1 and "cannot read archive" in r.stderr
+
+
+def test_overlay_may_not_replace_upstream_files(tmp_path, sdist):
+    root = _fake_root(tmp_path)
+    (root / "cpp" / "src" / "llama.cpp").write_text("// not upstream\n")
+    r = _prepare(root, tmp_path / "out", sdist)
+    assert r.returncode == 1 and "would replace upstream src/llama.cpp" in r.stderr
