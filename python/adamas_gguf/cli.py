@@ -6,8 +6,10 @@ stderr, `adamas_gguf: error: ...`, and a non-zero exit code, never with a traceb
 """
 from __future__ import annotations
 
+import _thread
 import argparse
 import codecs
+import collections
 import ctypes
 import math
 import os
@@ -219,7 +221,6 @@ class _Out:
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stdout
         self.buffer = getattr(self.stream, "buffer", None)
-        self.last = ""
 
     def write(self, text: str) -> None:
         if not text:
@@ -231,7 +232,6 @@ class _Out:
         else:
             self.stream.write(text)
             self.stream.flush()
-        self.last = text[-1]
 
 
 class TextStream:
@@ -296,6 +296,49 @@ def _model_path(args) -> str:
         raise UserError(f"the default model is unavailable: {e}") from None
 
 
+# llama.cpp's log. llama-cpp-python 0.3.36 maps ggml's log levels off by one (it prints warnings when
+# quiet and hides errors), so the CLI installs its own callback: with --verbose everything goes to
+# stderr; otherwise nothing does, and the last error lines are kept to explain a failure.
+GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5
+_log_errors: collections.deque = collections.deque(maxlen=4)
+_log_state = {"callback": None, "error": False}
+
+
+def _install_log(verbose: bool) -> None:
+    from ._lib import llama_cpp
+
+    def log(level, text, _user_data):
+        try:
+            s = text.decode("utf-8", errors="replace") if text else ""
+            if verbose:
+                sys.stderr.write(s)
+                sys.stderr.flush()
+                return
+            if level == GGML_LOG_LEVEL_CONT:
+                if _log_state["error"] and _log_errors:
+                    _log_errors[-1] += s
+                return
+            _log_state["error"] = level == GGML_LOG_LEVEL_ERROR
+            if _log_state["error"]:
+                _log_errors.append(s)
+        except KeyboardInterrupt:  # Ctrl-C while in the callback: deliver it once back in Python
+            _thread.interrupt_main()
+        except Exception:  # an exception must not cross into C
+            pass
+
+    cb = llama_cpp.llama_log_callback(log)
+    _log_state["callback"] = cb  # keep it alive as long as llama.cpp may call it
+    llama_cpp.llama_log_set(cb, ctypes.c_void_p(0))
+
+
+def _log_reason() -> str:
+    lines = [_one_line(x) for x in _log_errors if x.strip()]
+    if not lines:
+        return ""
+    detailed = [x for x in lines if "error" in x.lower()]  # e.g. "...: error loading model: <why>"
+    return f"; llama.cpp: {(detailed or lines)[-1]}"
+
+
 def _load(path: str, args):
     from . import Llama
     from .gguf_check import GGUFError, check_gguf
@@ -310,7 +353,8 @@ def _load(path: str, args):
         raise UserError(str(e)) from None
     except (ValueError, RuntimeError, OSError) as e:
         hint = "" if args.verbose else "; run with --verbose to see llama.cpp's log"
-        raise UserError(f"{path}: llama.cpp could not load the model ({_one_line(e)}){hint}") from None
+        raise UserError(f"{path}: llama.cpp could not load the model ({_one_line(e)}){_log_reason()}"
+                        f"{hint}") from None
 
 
 def _too_long(n_prompt: int, n_ctx: int, chat: bool) -> UserError:
@@ -405,6 +449,7 @@ def run(args) -> int:
         raise UserError("--system-prompt needs --chat")
     prompt = _read_prompt(args)
     path = _model_path(args)
+    _install_log(args.verbose)
     llm = _load(path, args)
     out = _Out()
     try:

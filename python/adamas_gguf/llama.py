@@ -13,6 +13,10 @@ class Llama(llama_cpp.Llama):
     raises `GGUFError` (a ValueError) that says which.
     """
 
-    def __init__(self, model_path: str, *args, flash_attn: bool = True, **kwargs):
+    def __new__(cls, model_path: str, *args, **kwargs):
+        # Checked before the object exists: a half-built llama_cpp.Llama would complain in __del__.
         check_gguf(model_path)
+        return super().__new__(cls)
+
+    def __init__(self, model_path: str, *args, flash_attn: bool = True, **kwargs):
         super().__init__(model_path, *args, flash_attn=flash_attn, **kwargs)

