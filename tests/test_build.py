@@ -44,7 +44,8 @@ def _fake_root(tmp_path: Path) -> Path:
     """A copy of our build inputs (helper, sources, patches) that a test may change."""
     root = tmp_path / "repo"
     for d in ("cmake", "cpp", "ggml_adamas"):
-        shutil.copytree(REPO / d, root / d)
+        if (REPO / d).is_dir():
+            shutil.copytree(REPO / d, root / d)
     return root
 
 
@@ -98,6 +99,7 @@ def test_patch_that_does_not_apply_is_named(tmp_path, sdist):
 def test_patches_need_unique_numbers(tmp_path, sdist):
     root = _fake_root(tmp_path)
     first = up.patch_files()[0]
+    (root / "ggml_adamas" / "patches").mkdir(parents=True, exist_ok=True)
     shutil.copy(first, root / "ggml_adamas" / "patches" / (first.name[:5] + "duplicate.patch"))
     r = _prepare(root, tmp_path / "out", sdist)
     assert r.returncode == 1 and "share number" in r.stderr
