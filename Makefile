@@ -2,6 +2,7 @@
 #   make run    build and install into .venv, then generate with the default model (SmolLM2-135M)
 #   make test   build (with the C++ tests) and install into .venv, then run every test
 #   make cuda   the same install with the CUDA backend (-DGGML_CUDA=ON)
+#   V=1         show the build log (make install V=1)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +12,8 @@ PROMPT ?= The capital of France is
 # compiled once. pip passes CMAKE_ARGS to every scikit-build-core build, ours included.
 export CMAKE_ARGS := -DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF $(CMAKE_ARGS)
 PIP := $(PY) -m pip --disable-pip-version-check
-INSTALL := $(PIP) install -v --no-build-isolation -Ccmake.define.ADAMAS_BUILD_TESTS=ON
+# The build log (upstream's many GCC warnings included) shows with `make install V=1`.
+INSTALL := $(PIP) install $(if $(V),-v) --no-build-isolation -Ccmake.define.ADAMAS_BUILD_TESTS=ON
 
 .PHONY: deps install cuda run test clean
 all: install
