@@ -43,7 +43,8 @@ LLAMA_CPP_COMMIT = "0c1e57098"
 TREE_DIGEST = "3d3cd2d58585f8b616284e711676189a6a519a491e2b15e7466ed39de2c374d4"
 
 VENDOR_PREFIX = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
-# Not needed by any build or test of ours: vocab files, docs, examples, the web UI, CI config.
+# Not needed by any build or test of ours: vocab files, docs, examples, the web UI, CI config and git
+# metadata (".git" also covers .gitignore and .gitmodules).
 EXCLUDE = ("models/", "docs/", "examples/", "media/", "tools/ui/", ".github/", ".devops/", ".git")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,7 @@ def _load_cache_module():
 
 _cache = _load_cache_module()
 cache_dir, sha256_file = _cache.cache_dir, _cache.sha256_file
+
 OVERLAYS = (("ggml_adamas/src", "ggml/src"), ("ggml_adamas/include", "ggml/include"),
             ("cpp/src", "src"), ("cpp/include", "include"))
 PATCH_DIRS = ("ggml_adamas/patches", "cpp/patches")
