@@ -341,14 +341,13 @@ def _log_reason() -> str:
 
 def _load(path: str, args):
     from . import Llama
-    from .gguf_check import GGUFError, check_gguf
+    from .gguf_check import GGUFError
     kwargs = dict(n_ctx=args.ctx_size, n_gpu_layers=args.n_gpu_layers, seed=args.seed,
                   verbose=args.verbose)
     if args.threads is not None:
         kwargs.update(n_threads=args.threads, n_threads_batch=args.threads)
     try:
-        check_gguf(path)  # Llama checks too; checking first keeps a failed Llama object from being made
-        return Llama(path, **kwargs)
+        return Llama(path, **kwargs)  # checks the file first (GGUFError)
     except GGUFError as e:
         raise UserError(str(e)) from None
     except (ValueError, RuntimeError, OSError) as e:
