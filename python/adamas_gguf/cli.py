@@ -59,12 +59,16 @@ class _Parser(argparse.ArgumentParser):
 # argument types: each rejects bad values with a one-line message
 
 
+def _parse_int(s: str) -> int:
+    try:
+        return int(s, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {s!r}") from None
+
+
 def _int_type(lo: int, hi: Optional[int] = None, what: str = "") -> Callable[[str], int]:
     def parse(s: str) -> int:
-        try:
-            v = int(s, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer {s!r}") from None
+        v = _parse_int(s)
         if v < lo or (hi is not None and v > hi):
             rng = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
             raise argparse.ArgumentTypeError(f"{v} is out of range: must be {rng}{what}")
@@ -73,10 +77,7 @@ def _int_type(lo: int, hi: Optional[int] = None, what: str = "") -> Callable[[st
 
 
 def _n_predict(s: str) -> int:
-    try:
-        v = int(s, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {s!r}") from None
+    v = _parse_int(s)
     if v < -1:
         raise argparse.ArgumentTypeError(f"{v} is out of range: must be -1 (until end of text or a full "
                                          "context) or a count >= 0")
@@ -84,10 +85,7 @@ def _n_predict(s: str) -> int:
 
 
 def _seed(s: str) -> int:
-    try:
-        v = int(s, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {s!r}") from None
+    v = _parse_int(s)
     if v == -1:
         return RANDOM_SEED
     if not 0 <= v < RANDOM_SEED:
