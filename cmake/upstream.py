@@ -62,7 +62,7 @@ _cache = _load_cache_module()
 cache_dir, sha256_file = _cache.cache_dir, _cache.sha256_file
 
 OVERLAYS = (("ggml_adamas/src", "ggml/src"), ("ggml_adamas/include", "ggml/include"),
-            ("cpp/src", "src"), ("cpp/include", "include"))
+            ("ggml_adamas/tests", "tests"), ("cpp/src", "src"), ("cpp/include", "include"))
 PATCH_DIRS = ("ggml_adamas/patches", "cpp/patches")
 PATCH_RE = re.compile(r"^(\d{4})-[A-Za-z0-9_.-]+\.patch$")
 STAMP = ".adamas-stamp.json"

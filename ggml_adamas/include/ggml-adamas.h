@@ -1,0 +1,119 @@
+#pragma once
+
+// Adamas sparse attention ops (arXiv 2510.18413) for ggml.
+//
+// A decode step ranks every cached token by the L1 distance between 2-bit codes of the
+// Hadamard-transformed query and key, keeps the `budget` nearest and attends over those only:
+//
+//   kc  = ggml_adamas_encode_set_rows(ctx, codes, k_cur, k_idxs, ...)   // when K enters the cache
+//   qc  = ggml_adamas_encode(ctx, q_cur, ...)
+//   idx = ggml_adamas_select(ctx, qc, kc_view, kq_mask, budget, mode)
+//   out = ggml_adamas_attn(ctx, q, k, v, kq_mask, idx, scale, softcap)
+//
+// Code layout (GGML_TYPE_I8, D/4 bytes per head of dimension D):
+//   bytes [0,   D/8): sign plane      s[d] = y[d] > 0
+//   bytes [D/8, D/4): magnitude plane m[d] = y[d] <= -t || y[d] > t
+//   dimension d is bit d%8 of byte d/8 of its plane (LSB first), so a plane read as
+//   little-endian 64-bit words (32-bit when D = 32) holds dimensions in order.
+// The 2-bit code of a coordinate y with threshold t > 0 is the paper's bucket
+//   y <= -t -> 0,  y <= 0 -> 1,  y <= t -> 2,  else 3      (s = code >= 2, m = code is 0 or 3)
+// and the exact L1 distance between two code vectors is three popcounts:
+//   S = s_q ^ s_k;  L1 = popc(S) + popc(m_q ^ m_k) + 2*popc(S & m_q & m_k)
+// (same sign: |dq - dk| = m_q ^ m_k; opposite signs: 1 + m_q + m_k).
+
+#include "ggml.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// head dimensions the ops accept: powers of two in [32, 256]
+#define GGML_ADAMAS_D_MIN 32
+#define GGML_ADAMAS_D_MAX 256
+
+enum ggml_adamas_thr_mode {
+    GGML_ADAMAS_THR_FIXED = 0, // t = thr (the paper: 10)
+    GGML_ADAMAS_THR_RMS   = 1, // t = thr * RMS of the transformed vector, per vector (so a stored code never
+                               // depends on other tokens and never needs recomputing)
+};
+
+enum ggml_adamas_select_mode {
+    GGML_ADAMAS_SELECT_HEAD  = 0, // one selection per query head, against its KV head
+    GGML_ADAMAS_SELECT_GROUP = 1, // one selection per KV head, ranked by the sum of the distances of the
+                                  // query heads that share it (one index list serves the group)
+};
+
+// bytes of code per head of dimension d
+#define GGML_ADAMAS_CODE_SIZE(d) ((d)/4)
+
+// true if d is a head dimension the ops accept
+GGML_API bool ggml_adamas_supported_dim(int64_t d);
+
+// Encode rows of a head dimension.
+//   a:      F32 or F16 [D, n_head, n_rows, ne3], rows contiguous in dim 0
+//   result: I8 [D/4, n_head, n_rows, ne3]
+//   thr:    > 0; t itself (FIXED) or the factor c of t = c*RMS (RMS)
+//   skip_wht: bucketize a as it is (for a q/k that is already Hadamard-rotated, e.g. llama.cpp's
+//             attn_rot_k with nrot == D); otherwise y = H a / sqrt(D), H the Sylvester Hadamard matrix
+GGML_API struct ggml_tensor * ggml_adamas_encode(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * a,
+        enum ggml_adamas_thr_mode mode,
+        float                 thr,
+        bool                  skip_wht);
+
+// Encode and scatter into a code cache, as ggml_set_rows does for K: the codes of a's row i (all its
+// heads) are written to row idxs[i] of `codes`. Returns a view of `codes` (use it, not `codes`, as the
+// source of later reads, so that the graph orders them after the write).
+//   codes: I8 [n_head*D/4, n_cells, ...] with contiguous rows
+//   a:     F32 or F16 [D, n_head, n_rows]
+//   idxs:  I64 or I32 [n_rows], each in [0, ggml_nrows(codes))
+GGML_API struct ggml_tensor * ggml_adamas_encode_set_rows(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * codes,
+        struct ggml_tensor  * a,
+        struct ggml_tensor  * idxs,
+        enum ggml_adamas_thr_mode mode,
+        float                 thr,
+        bool                  skip_wht);
+
+// Select the `budget` cached cells nearest to each query.
+//   qc:   I8 [D/4, n_head,    n_q,  ns]   query codes
+//   kc:   I8 [D/4, n_head_kv, n_kv, ns]   key codes (may be a strided view of a code cache)
+//   mask: F16 or F32 [n_kv, >= n_q, 1, ns] or NULL; a cell whose mask value is -INF is never chosen
+//         (the KQ mask of ggml_flash_attn_ext); any other value means visible
+//   result: I32 [budget, n_head (HEAD) or n_head_kv (GROUP), n_q, ns]: cell indices in [0, n_kv)
+//   n_head % n_head_kv == 0; query head h reads KV head h / (n_head/n_head_kv).
+// Order and ties (one rule): cells are ranked by smaller distance first, then by higher cell index
+// (on llama.cpp's cache usually the more recent token); the result lists the first `budget` cells of
+// that ranking in ranking order. If fewer than `budget` cells are visible, the remaining slots are -1.
+GGML_API struct ggml_tensor * ggml_adamas_select(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * qc,
+        struct ggml_tensor  * kc,
+        struct ggml_tensor  * mask,
+        int                   budget,
+        enum ggml_adamas_select_mode mode);
+
+// Exact softmax attention over the selected cells only, reading their K and V rows in place.
+//   q:    F32 [D,  n_q,  n_head,    ns]   (the layout of ggml_flash_attn_ext)
+//   k:    [D,  n_kv, n_head_kv, ns]       F32, F16, BF16 or a quantized type (q8_0, q4_0, ...)
+//   v:    [Dv, n_kv, n_head_kv, ns]       same choices, not transposed
+//   mask: F16 or F32 [n_kv, >= n_q, 1, ns] or NULL; added to the logits of the selected cells
+//   idx:  I32 [budget, n_head or n_head_kv, n_q, ns] (ggml_adamas_select); -1 slots are skipped
+//   result: F32 [Dv, n_head, n_q, ns] (permuted like ggml_flash_attn_ext's result)
+//   logit = softcap*tanh(q.k*scale/softcap) + mask  (softcap 0: q.k*scale + mask); a row with no
+//   visible selected cell gives 0.
+GGML_API struct ggml_tensor * ggml_adamas_attn(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * q,
+        struct ggml_tensor  * k,
+        struct ggml_tensor  * v,
+        struct ggml_tensor  * mask,
+        struct ggml_tensor  * idx,
+        float                 scale,
+        float                 softcap);
+
+#ifdef __cplusplus
+}
+#endif
