@@ -67,7 +67,8 @@ GGML_API struct ggml_tensor * ggml_adamas_encode(
 // source of later reads, so that the graph orders them after the write).
 //   codes: I8 [n_head*D/4, n_cells, ...] with contiguous rows
 //   a:     F32 or F16 [D, n_head, n_rows]
-//   idxs:  I64 or I32 [n_rows], each in [0, ggml_nrows(codes))
+//   idxs:  I64 or I32 [n_rows], each in [0, ggml_nrows(codes)); NULL: row i goes to row i (re-encoding a
+//          whole cache, e.g. after a context shift)
 GGML_API struct ggml_tensor * ggml_adamas_encode_set_rows(
         struct ggml_context * ctx,
         struct ggml_tensor  * codes,
@@ -81,12 +82,14 @@ GGML_API struct ggml_tensor * ggml_adamas_encode_set_rows(
 //   qc:   I8 [D/4, n_head,    n_q,  ns]   query codes
 //   kc:   I8 [D/4, n_head_kv, n_kv, ns]   key codes (may be a strided view of a code cache)
 //   mask: F16 or F32 [n_kv, >= n_q, 1, ns] or NULL; a cell whose mask value is -INF is never chosen
-//         (the KQ mask of ggml_flash_attn_ext); any other value means visible
+//         (the KQ mask of ggml_flash_attn_ext); +INF marks a cell that is always chosen, ahead of every
+//         ranked cell (sink and recent tokens); any other value means visible and ranked
 //   result: I32 [budget, n_head (HEAD) or n_head_kv (GROUP), n_q, ns]: cell indices in [0, n_kv)
 //   n_head % n_head_kv == 0; query head h reads KV head h / (n_head/n_head_kv).
 // Order and ties (one rule): cells are ranked by smaller distance first, then by higher cell index
-// (on llama.cpp's cache usually the more recent token); the result lists the first `budget` cells of
-// that ranking in ranking order. If fewer than `budget` cells are visible, the remaining slots are -1.
+// (on llama.cpp's cache usually the more recent token), with +INF cells ahead of all (by higher index);
+// the result lists the first `budget` cells of that ranking in ranking order. If fewer than `budget`
+// cells are visible, the remaining slots are -1.
 GGML_API struct ggml_tensor * ggml_adamas_select(
         struct ggml_context * ctx,
         struct ggml_tensor  * qc,

@@ -59,8 +59,12 @@ struct ggml_tensor * ggml_adamas_encode_set_rows(
     GGML_ASSERT(codes->type == GGML_TYPE_I8);
     GGML_ASSERT(codes->ne[0] == a->ne[1]*GGML_ADAMAS_CODE_SIZE(a->ne[0]));
     GGML_ASSERT(ggml_is_contiguous_rows(codes));
-    GGML_ASSERT(idxs->type == GGML_TYPE_I64 || idxs->type == GGML_TYPE_I32);
-    GGML_ASSERT(ggml_is_vector(idxs) && idxs->ne[0] == a->ne[2]);
+    if (idxs) {
+        GGML_ASSERT(idxs->type == GGML_TYPE_I64 || idxs->type == GGML_TYPE_I32);
+        GGML_ASSERT(ggml_is_vector(idxs) && idxs->ne[0] == a->ne[2]);
+    } else {
+        GGML_ASSERT(a->ne[2] <= ggml_nrows(codes));
+    }
 
     struct ggml_tensor * result = ggml_view_tensor(ctx, codes);
 
@@ -100,7 +104,7 @@ struct ggml_tensor * ggml_adamas_select(
     GGML_ASSERT(budget > 0 && "Adamas budget must be > 0");
     GGML_ASSERT(mode == GGML_ADAMAS_SELECT_HEAD || mode == GGML_ADAMAS_SELECT_GROUP);
     // distances are uint16 in the kernels: 3*D per query head, summed over a group
-    GGML_ASSERT(3*4*qc->ne[0]*(mode == GGML_ADAMAS_SELECT_GROUP ? qc->ne[1]/kc->ne[1] : 1) < 65535);
+    GGML_ASSERT(3*4*qc->ne[0]*(mode == GGML_ADAMAS_SELECT_GROUP ? qc->ne[1]/kc->ne[1] : 1) + 1 < 65535);
     ggml_adamas_check_mask(mask, kc->ne[2], qc->ne[2], qc->ne[3]);
 
     const int64_t n_sel = mode == GGML_ADAMAS_SELECT_HEAD ? qc->ne[1] : kc->ne[1];

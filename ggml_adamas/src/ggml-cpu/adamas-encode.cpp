@@ -47,7 +47,8 @@ static void adamas_pack(const float * y, int D, float t, uint8_t * out) {
 
 void ggml_compute_forward_adamas_encode(const ggml_compute_params * params, ggml_tensor * dst) {
     const ggml_tensor * a    = dst->src[0];
-    const ggml_tensor * idxs = dst->src[1]; // set_rows form only
+    const ggml_tensor * idxs  = dst->src[1]; // set_rows form: cell of each row (NULL: the row itself)
+    const bool          scatter = dst->src[2] != nullptr; // set_rows form
 
     const enum ggml_adamas_thr_mode mode = (enum ggml_adamas_thr_mode) ggml_get_op_params_i32(dst, 0);
     const float thr      = ggml_get_op_params_f32(dst, 1);
@@ -103,11 +104,11 @@ void ggml_compute_forward_adamas_encode(const ggml_compute_params * params, ggml
         }
 
         uint8_t * out;
-        if (idxs == nullptr) {
+        if (!scatter) {
             out = (uint8_t *) dst->data + i1*dst->nb[1] + i2*dst->nb[2] + i3*dst->nb[3];
         } else {
-            const int64_t cell = idxs->type == GGML_TYPE_I64
-                ? ((const int64_t *) idxs->data)[i2]
+            const int64_t cell = idxs == nullptr ? i2
+                : idxs->type == GGML_TYPE_I64 ? ((const int64_t *) idxs->data)[i2]
                 : ((const int32_t *) idxs->data)[i2];
             GGML_ASSERT(cell >= 0 && cell < ggml_nrows(dst));
             // dst is a view of the code cache: rows are cells, contiguous within

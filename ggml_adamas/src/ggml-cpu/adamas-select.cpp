@@ -2,8 +2,8 @@
 //
 // A selection row is one (query head or KV group, query, stream). Rows are processed in blocks:
 //   phase A: the threads share the (row, cell chunk) pieces of the block and write each visible cell's
-//            L1 distance (three popcounts per 64-bit word, summed over the row's query heads) as uint16;
-//            masked cells get ADAMAS_NONE;
+//            L1 distance (three popcounts per 64-bit word, summed over the row's query heads) plus one
+//            as uint16; masked cells (-INF) get ADAMAS_NONE and forced cells (+INF) 0;
 //   phase B: each row (one thread) histograms its distances (integers in [0, 3*D*g]), finds the
 //            threshold distance d* at which the count reaches the budget, and emits the cells in
 //            ranking order with one scan from the highest cell down: cells below d* go to their
@@ -52,7 +52,7 @@ static adamas_select_shape adamas_select_get_shape(const ggml_tensor * dst) {
     s.n_sel     = s.group ? s.n_head_kv : s.n_head;
     s.g         = s.group ? s.n_gqa : 1;
     s.nrows     = s.n_sel*s.n_q*s.ns;
-    s.nbins     = 3*(int64_t) s.D*s.g + 1;
+    s.nbins     = 3*(int64_t) s.D*s.g + 2; // distance + 1, and 0 for forced cells
     return s;
 }
 
@@ -89,15 +89,20 @@ static void adamas_distances(
 
     for (int64_t c = c0; c < c1; ++c) {
         if (accumulate) {
-            if (dist[c] == ADAMAS_NONE) {
+            if (dist[c] == ADAMAS_NONE || dist[c] == 0) {
                 continue;
             }
         } else if (mask) {
-            const bool masked = mask_f16
-                ? ((const uint16_t *) mask)[c] == 0xFC00u        // F16 -INF
-                : ((const uint32_t *) mask)[c] == 0xFF800000u;   // F32 -INF
-            if (masked) {
+            // F16 -INF 0xFC00, +INF 0x7C00; F32 -INF 0xFF800000, +INF 0x7F800000
+            const uint32_t mv = mask_f16 ? ((const uint16_t *) mask)[c] : ((const uint32_t *) mask)[c];
+            const uint32_t ninf = mask_f16 ? 0xFC00u : 0xFF800000u;
+            const uint32_t pinf = mask_f16 ? 0x7C00u : 0x7F800000u;
+            if (mv == ninf) {
                 dist[c] = ADAMAS_NONE;
+                continue;
+            }
+            if (mv == pinf) {
+                dist[c] = 0;
                 continue;
             }
         }
@@ -115,7 +120,7 @@ static void adamas_distances(
                    + 2*__builtin_popcountll(S & qm[j][w] & km[w]);
             }
         }
-        dist[c] = (uint16_t) (accumulate ? dist[c] + d : d);
+        dist[c] = (uint16_t) (accumulate ? dist[c] + d : d + 1);
     }
 }
 
