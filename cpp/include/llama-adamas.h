@@ -1,4 +1,10 @@
 // adamas_gguf: Adamas sparse attention for llama.cpp. Plain C API, exported by libllama.
+//
+// A context decodes with Adamas once llama_adamas_set() gives it a budget > 0: at each decode step (one
+// token per sequence), every layer from `n_dense` on ranks the cached tokens by the L1 distance between
+// 2-bit codes of the Hadamard-transformed query and keys (ggml-adamas.h) and attends over the `budget`
+// nearest only. Prefill, and any step whose visible context fits in the budget, stay dense and exact.
+// llama_context_params is left as upstream has it (llama-cpp-python mirrors its layout).
 #pragma once
 
 #include "llama.h"
@@ -12,6 +18,53 @@ LLAMA_API const char * llama_adamas_version(void);
 
 // The upstream it was built from, e.g. "llama-cpp-python 0.3.36 (llama.cpp 0c1e57098)".
 LLAMA_API const char * llama_adamas_upstream(void);
+
+enum llama_adamas_thr_mode {
+    LLAMA_ADAMAS_THR_FIXED = 0, // bucket thresholds at +-thr (the paper: 10)
+    LLAMA_ADAMAS_THR_RMS   = 1, // bucket thresholds at +-thr * RMS of each transformed vector
+};
+
+enum llama_adamas_select_mode {
+    LLAMA_ADAMAS_SELECT_HEAD  = 0, // one selection per query head
+    LLAMA_ADAMAS_SELECT_GROUP = 1, // one selection per KV head, by the sum of its query heads' distances
+};
+
+struct llama_adamas_params {
+    int32_t budget;       // tokens attended per head in a sparse step; 0 = dense (Adamas off)
+    int32_t n_dense;      // the first n_dense layers stay dense (default 2)
+    int32_t thr_mode;     // enum llama_adamas_thr_mode
+    float   thr_q;        // threshold (FIXED) or RMS factor (RMS) for queries, > 0
+    float   thr_k;        // the same for keys, > 0
+    int32_t select_mode;  // enum llama_adamas_select_mode
+    int32_t n_sink;       // the first n_sink tokens of the sequence are always kept (inside the budget)
+    int32_t n_recent;     // the n_recent most recent tokens are always kept (inside the budget)
+};
+
+// Defaults: budget 0 (off), n_dense 2, RMS thresholds 0.5 / 0.5, per-KV-group selection, no sinks.
+LLAMA_API struct llama_adamas_params llama_adamas_default_params(void);
+
+// Checks p; returns NULL if valid, else a message saying what is wrong (static storage).
+LLAMA_API const char * llama_adamas_params_check(const struct llama_adamas_params * p);
+
+// Sets the Adamas parameters of a context; they apply from its next decode. Returns 0, or -1 if p is
+// invalid (nothing changes; llama_adamas_params_check says why).
+LLAMA_API int32_t llama_adamas_set(struct llama_context * ctx, const struct llama_adamas_params * p);
+
+LLAMA_API struct llama_adamas_params llama_adamas_get(const struct llama_context * ctx);
+
+// Number of layers of the context's model that run sparse decode steps with the current parameters
+// (0 when the budget is 0 or Adamas cannot serve this model on its devices).
+LLAMA_API int32_t llama_adamas_n_sparse_layers(const struct llama_context * ctx);
+
+// Number of ubatches this context has decoded with sparse attention (for tests and reports).
+LLAMA_API int64_t llama_adamas_n_sparse_steps(const struct llama_context * ctx);
+
+// For tests: re-encodes the keys of every used cell from the K cache on the CPU and compares them with
+// the stored codes. Returns the number of (layer, cell) code rows that differ, or -1 on error.
+LLAMA_API int64_t llama_adamas_verify_codes(struct llama_context * ctx);
+
+// Why Adamas cannot serve this context, or NULL if it can (e.g. "head_dim 80 is not a power of two").
+LLAMA_API const char * llama_adamas_unavailable_reason(const struct llama_context * ctx);
 
 #ifdef __cplusplus
 }

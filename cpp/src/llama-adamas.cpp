@@ -1,5 +1,12 @@
-// adamas_gguf additions to libllama. Compiled into llama (see cpp/patches/0001).
+// adamas_gguf additions to libllama: the public C API (llama-adamas.h). Compiled into llama (see
+// cpp/patches/0001); the graph and cache side is in llama-adamas-kv.cpp.
 #include "llama-adamas.h"
+
+#include "llama-adamas-kv.h"
+#include "llama-context.h"
+
+#include <cmath>
+#include <cstring>
 
 // Both are set per source file by our top-level CMakeLists.txt, so a version bump rebuilds one file.
 #ifndef ADAMAS_GGUF_VERSION
@@ -15,4 +22,83 @@ const char * llama_adamas_version(void) {
 
 const char * llama_adamas_upstream(void) {
     return ADAMAS_GGUF_UPSTREAM;
+}
+
+struct llama_adamas_params llama_adamas_default_params(void) {
+    llama_adamas_params p;
+    p.budget      = 0;
+    p.n_dense     = 2;
+    p.thr_mode    = LLAMA_ADAMAS_THR_RMS;
+    p.thr_q       = 0.5f;
+    p.thr_k       = 0.5f;
+    p.select_mode = LLAMA_ADAMAS_SELECT_GROUP;
+    p.n_sink      = 0;
+    p.n_recent    = 0;
+    return p;
+}
+
+const char * llama_adamas_params_check(const struct llama_adamas_params * p) {
+    if (!p) {
+        return "no parameters given";
+    }
+    if (p->budget < 0) {
+        return "budget must be >= 0 (0 = dense)";
+    }
+    if (p->n_dense < 0) {
+        return "n_dense must be >= 0";
+    }
+    if (p->thr_mode != LLAMA_ADAMAS_THR_FIXED && p->thr_mode != LLAMA_ADAMAS_THR_RMS) {
+        return "thr_mode must be LLAMA_ADAMAS_THR_FIXED (0) or LLAMA_ADAMAS_THR_RMS (1)";
+    }
+    if (!std::isfinite(p->thr_q) || p->thr_q <= 0.0f || !std::isfinite(p->thr_k) || p->thr_k <= 0.0f) {
+        return "thresholds thr_q and thr_k must be finite and > 0";
+    }
+    if (p->select_mode != LLAMA_ADAMAS_SELECT_HEAD && p->select_mode != LLAMA_ADAMAS_SELECT_GROUP) {
+        return "select_mode must be LLAMA_ADAMAS_SELECT_HEAD (0) or LLAMA_ADAMAS_SELECT_GROUP (1)";
+    }
+    if (p->n_sink < 0 || p->n_recent < 0) {
+        return "n_sink and n_recent must be >= 0";
+    }
+    if (p->budget > 0 && (int64_t) p->n_sink + p->n_recent > p->budget) {
+        return "n_sink + n_recent must not exceed the budget (they are kept inside it)";
+    }
+    return nullptr;
+}
+
+int32_t llama_adamas_set(struct llama_context * ctx, const struct llama_adamas_params * p) {
+    if (!ctx || llama_adamas_params_check(p) != nullptr) {
+        return -1;
+    }
+    ctx->adamas_set(*p);
+    return 0;
+}
+
+struct llama_adamas_params llama_adamas_get(const struct llama_context * ctx) {
+    return ctx->get_cparams().adamas;
+}
+
+int32_t llama_adamas_n_sparse_layers(const struct llama_context * ctx) {
+    return llama_adamas_kv::n_sparse_layers(ctx);
+}
+
+int64_t llama_adamas_n_sparse_steps(const struct llama_context * ctx) {
+    const llama_adamas_kv_state * st = llama_adamas_kv::state(ctx);
+    return st ? st->n_sparse_steps : 0;
+}
+
+int64_t llama_adamas_verify_codes(struct llama_context * ctx) {
+    return llama_adamas_kv::verify(ctx);
+}
+
+const char * llama_adamas_unavailable_reason(const struct llama_context * ctx) {
+    return llama_adamas_kv::unavailable_reason(ctx);
+}
+
+void llama_context::adamas_set(const llama_adamas_params & p) {
+    const bool changed = memcmp(&cparams.adamas, &p, sizeof(p)) != 0;
+    cparams.adamas = p;
+    if (changed) {
+        // the budget and the dense layers change the decode graph's shape
+        sched_need_reserve = true;
+    }
 }

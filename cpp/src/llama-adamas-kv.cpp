@@ -1,0 +1,472 @@
+// adamas_gguf: key codes beside the K cache and the Adamas decode step (see llama-adamas-kv.h).
+
+#include "llama-adamas-kv.h"
+
+#include "llama-context.h"
+#include "llama-graph.h"
+#include "llama-hparams.h"
+#include "llama-impl.h"
+#include "llama-kv-cache.h"
+
+#include "ggml-adamas.h"
+#include "ggml-backend.h"
+#include "ggml-cpp.h"
+
+#include <cstring>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+// ---- eligibility ------------------------------------------------------------------------------------------
+
+// Why Adamas cannot code the keys of layer il (NULL: it can).
+static const char * adamas_layer_reason(const llama_hparams & hp, uint32_t il) {
+    if (!ggml_adamas_supported_dim(hp.n_embd_head_k(il))) {
+        return "head_dim is not a power of two in [32, 256]";
+    }
+    if (hp.is_swa(il)) {
+        return "sliding-window layer";
+    }
+    if (hp.use_alibi) {
+        return "ALiBi attention";
+    }
+    if (hp.is_mla()) {
+        return "MLA attention";
+    }
+    return nullptr;
+}
+
+ggml_tensor * llama_adamas_kv::new_codes(ggml_context * ctx, const llama_hparams & hp, uint32_t il, uint32_t kv_size, uint32_t n_stream) {
+    if (adamas_layer_reason(hp, il) != nullptr) {
+        return nullptr;
+    }
+    const int64_t row = hp.n_head_kv(il)*GGML_ADAMAS_CODE_SIZE(hp.n_embd_head_k(il));
+    ggml_tensor * c = ggml_new_tensor_3d(ctx, GGML_TYPE_I8, row, kv_size, n_stream);
+    ggml_format_name(c, "cache_adamas_l%d", il);
+    return c;
+}
+
+void llama_adamas_kv::log_size(const llama_kv_cache & kv) {
+    size_t bytes = 0;
+    int n = 0;
+    for (const auto & layer : kv.layers) {
+        if (layer.c) {
+            bytes += ggml_nbytes(layer.c);
+            n++;
+        }
+    }
+    if (n > 0) {
+        LLAMA_LOG_INFO("%s: Adamas key codes: %7.2f MiB (%d layers, in the K buffers)\n", __func__,
+                bytes/(1024.0*1024.0), n);
+    }
+}
+
+void llama_adamas_kv::copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint32_t sdst) {
+    std::vector<uint8_t> buf;
+    for (const auto & layer : kv.layers) {
+        if (!layer.c) {
+            continue;
+        }
+        const size_t n = layer.c->nb[2]; // one stream
+        buf.resize(n);
+        ggml_backend_tensor_get(layer.c, buf.data(), ssrc*n, n);
+        ggml_backend_tensor_set(layer.c, buf.data(), sdst*n, n);
+    }
+}
+
+// ---- re-encoding after K changed under the codes ---------------------------------------------------------
+
+void llama_adamas_kv::invalidate(const llama_kv_cache & kv) {
+    for (const auto & layer : kv.layers) {
+        if (layer.c) {
+            kv.adamas.stale = true;
+            return;
+        }
+    }
+}
+
+bool llama_adamas_kv::update_pending(const llama_kv_cache & kv, const llama_context * lctx) {
+    return kv.adamas.stale && lctx && lctx->get_cparams().adamas.budget > 0;
+}
+
+bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
+    if (!update_pending(kv, lctx) || kv.other) {
+        return false;
+    }
+    const llama_adamas_params & p = lctx->get_cparams().adamas;
+
+    // only the used part of each stream needs codes
+    uint32_t n_cells = 0;
+    for (uint32_t s = 0; s < kv.n_stream; ++s) {
+        n_cells = std::max(n_cells, kv.v_cells[s].used_max_p1());
+    }
+    if (n_cells == 0) {
+        kv.adamas.stale = false;
+        return false;
+    }
+
+    auto * sched = lctx->get_sched();
+    ggml_backend_sched_reset(sched);
+    auto * res = lctx->get_gf_res_reserve();
+    res->reset();
+    ggml_context * ctx = res->get_ctx();
+    ggml_cgraph  * gf  = res->get_gf();
+
+    for (const auto & layer : kv.layers) {
+        if (!layer.c) {
+            continue;
+        }
+        const uint32_t il  = layer.il;
+        const int64_t  D   = kv.hparams.n_embd_head_k(il);
+        const int64_t  nhk = kv.hparams.n_head_kv(il);
+        ggml_tensor * k = layer.k;
+        ggml_tensor * c = layer.c;
+        for (uint32_t s = 0; s < kv.n_stream; ++s) {
+            ggml_tensor * ks = ggml_view_3d(ctx, k, D, nhk, n_cells, ggml_row_size(k->type, D), k->nb[1], s*k->nb[2]);
+            if (k->type != GGML_TYPE_F32 && k->type != GGML_TYPE_F16) {
+                ks = ggml_cast(ctx, ks, GGML_TYPE_F32);
+            }
+            ggml_tensor * cs = ggml_view_2d(ctx, c, c->ne[0], n_cells, c->nb[1], s*c->nb[2]);
+            // a rotated cache (attn_rot_k, nrot == D for power-of-two D) already holds H k
+            ggml_build_forward_expand(gf, ggml_adamas_encode_set_rows(ctx, cs, ks, nullptr,
+                    (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, kv.attn_rot_k));
+        }
+    }
+
+    if (!ggml_backend_sched_alloc_graph(sched, gf)) {
+        LLAMA_LOG_ERROR("%s: failed to allocate the Adamas re-encode graph\n", __func__);
+        return false;
+    }
+    res->set_inputs(nullptr);
+    if (lctx->graph_compute(gf, false) != GGML_STATUS_SUCCESS) {
+        LLAMA_LOG_ERROR("%s: failed to re-encode the Adamas key codes\n", __func__);
+        return false;
+    }
+    kv.adamas.stale = false;
+    LLAMA_LOG_DEBUG("%s: re-encoded the Adamas key codes of %u cells\n", __func__, n_cells);
+    return true;
+}
+
+const llama_adamas_kv_state * llama_adamas_kv::state(const llama_context * lctx) {
+    const auto * kv = dynamic_cast<const llama_kv_cache *>(lctx->get_memory());
+    return kv ? &kv->adamas : nullptr;
+}
+
+const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
+    const auto * kv = dynamic_cast<const llama_kv_cache *>(lctx->get_memory());
+    if (!kv) {
+        return "the model's memory is not a single standard KV cache (recurrent, hybrid and sliding-window "
+               "models are not served yet)";
+    }
+    if (!kv->adamas.reason.empty()) {
+        return kv->adamas.reason.c_str();
+    }
+    if (!lctx->get_cparams().flash_attn) {
+        return "flash attention is off (Adamas reads V untransposed)";
+    }
+    for (const auto & layer : kv->layers) {
+        if (!layer.c) {
+            static thread_local std::string msg;
+            msg = std::string("layer ") + std::to_string(layer.il) + ": " + adamas_layer_reason(kv->hparams, layer.il);
+            return msg.c_str();
+        }
+    }
+    return nullptr;
+}
+
+int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
+    const auto & p = lctx->get_cparams().adamas;
+    if (p.budget <= 0 || unavailable_reason(lctx) != nullptr) {
+        return 0;
+    }
+    const auto * kv = dynamic_cast<const llama_kv_cache *>(lctx->get_memory());
+    int32_t n = 0;
+    for (const auto & layer : kv->layers) {
+        n += layer.c && (int32_t) layer.il >= p.n_dense;
+    }
+    return n;
+}
+
+int64_t llama_adamas_kv::verify(llama_context * lctx) {
+    auto * kv = dynamic_cast<llama_kv_cache *>(lctx->get_memory());
+    if (!kv) {
+        return -1;
+    }
+    llama_synchronize(lctx);
+    const llama_adamas_params & p = lctx->get_cparams().adamas;
+
+    ggml_backend_ptr cpu(ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr));
+    if (!cpu) {
+        return -1;
+    }
+    int64_t n_bad = 0;
+    for (const auto & layer : kv->layers) {
+        if (!layer.c) {
+            continue;
+        }
+        const int64_t D   = kv->hparams.n_embd_head_k(layer.il);
+        const int64_t nhk = kv->hparams.n_head_kv(layer.il);
+        ggml_tensor * k = layer.k;
+        ggml_tensor * c = layer.c;
+        for (uint32_t s = 0; s < kv->n_stream; ++s) {
+            const auto & cells = kv->v_cells[s];
+            const int64_t n = cells.used_max_p1();
+            if (n == 0) {
+                continue;
+            }
+            // K rows as F32, on the host
+            std::vector<uint8_t> kraw(n*k->nb[1]);
+            ggml_backend_tensor_get(k, kraw.data(), s*k->nb[2], kraw.size());
+            std::vector<uint8_t> craw(n*c->nb[1]);
+            ggml_backend_tensor_get(c, craw.data(), s*c->nb[2], craw.size());
+
+            ggml_init_params ip = { 4*ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true };
+            ggml_context_ptr gctx(ggml_init(ip));
+            ggml_tensor * kf = ggml_new_tensor_3d(gctx.get(), GGML_TYPE_F32, D, nhk, n);
+            ggml_tensor * enc = ggml_adamas_encode(gctx.get(), kf, (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, kv->attn_rot_k);
+            ggml_cgraph * gf = ggml_new_graph(gctx.get());
+            ggml_build_forward_expand(gf, enc);
+            ggml_backend_buffer_ptr buf(ggml_backend_alloc_ctx_tensors(gctx.get(), cpu.get()));
+            if (!buf) {
+                return -1;
+            }
+            std::vector<float> kfloat(D*nhk*n);
+            if (k->type == GGML_TYPE_F32) {
+                memcpy(kfloat.data(), kraw.data(), kfloat.size()*sizeof(float));
+            } else {
+                for (int64_t i = 0; i < n; ++i) {
+                    ggml_get_type_traits(k->type)->to_float(kraw.data() + i*k->nb[1], kfloat.data() + i*D*nhk, D*nhk);
+                }
+            }
+            ggml_backend_tensor_set(kf, kfloat.data(), 0, ggml_nbytes(kf));
+            if (ggml_backend_graph_compute(cpu.get(), gf) != GGML_STATUS_SUCCESS) {
+                return -1;
+            }
+            std::vector<uint8_t> want(ggml_nbytes(enc));
+            ggml_backend_tensor_get(enc, want.data(), 0, want.size());
+            const size_t row = c->nb[1];
+            for (int64_t i = 0; i < n; ++i) {
+                if (!cells.is_empty(i) && memcmp(want.data() + i*row, craw.data() + i*row, row) != 0) {
+                    n_bad++;
+                }
+            }
+        }
+    }
+    return n_bad;
+}
+
+// ---- the decode step -----------------------------------------------------------------------------------------
+
+// One per graph built with a budget: counts sparse steps, keeps graph reuse honest about the dense/sparse
+// choice, and holds the select mask that marks sink and recent cells (+INF: always chosen).
+class llama_adamas_kv::input : public llm_graph_input_i {
+public:
+    input(const llama_kv_cache_context * mctx, const llama_adamas_params & p, bool causal, bool sparse)
+        : mctx(mctx), p(p), causal(causal), sparse(sparse) {}
+
+    void set_input(const llama_ubatch * ubatch) override;
+    bool can_reuse(const llm_graph_params & params) override;
+
+    static bool decide_sparse(const llama_kv_cache_context * mctx, const llama_ubatch & ub, const llama_adamas_params & p);
+
+    const llama_kv_cache_context * mctx;
+    const llama_adamas_params p;
+    const bool causal;
+    const bool sparse;          // this graph's decode step is sparse
+    int32_t n_sparse_layers = 0;
+    ggml_tensor * sel_mask = nullptr; // F16/F32 like the KQ mask, with +INF at kept cells
+};
+
+// A step is sparse if every sequence in it has one token (a decode step) and some stream holds more cells
+// than the budget; otherwise dense attention over at most the budget is exact and cheaper.
+bool llama_adamas_kv::input::decide_sparse(const llama_kv_cache_context * mctx, const llama_ubatch & ub, const llama_adamas_params & p) {
+    if (p.budget <= 0 || ub.n_tokens != ub.n_seqs_unq) {
+        return false;
+    }
+    const llama_kv_cache * kv = mctx->kv;
+    const auto & sinfo = mctx->sinfos[mctx->i_cur];
+    uint32_t n_used = 0;
+    for (uint32_t s = 0; s < sinfo.n_stream(); ++s) {
+        n_used = std::max(n_used, kv->v_cells[sinfo.strm[s]].get_used());
+    }
+    return n_used > (uint32_t) p.budget;
+}
+
+bool llama_adamas_kv::input::can_reuse(const llm_graph_params & params) {
+    mctx = static_cast<const llama_kv_cache_context *>(params.mctx);
+    return decide_sparse(mctx, params.ubatch, p) == sparse;
+}
+
+void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
+    if (!sparse || n_sparse_layers == 0) {
+        return;
+    }
+    mctx->kv->adamas.n_sparse_steps++;
+
+    if (!sel_mask || !sel_mask->buffer) {
+        return;
+    }
+    mctx->set_input_kq_mask(sel_mask, ubatch, causal);
+
+    // keep the n_sink oldest and the n_recent newest visible cells of each query row
+    const int64_t n_kv  = sel_mask->ne[0];
+    const int64_t n_row = sel_mask->ne[1];
+    const int64_t n_str = sel_mask->ne[3];
+    const bool    f16   = sel_mask->type == GGML_TYPE_F16;
+    const auto & sinfo = mctx->sinfos[mctx->i_cur];
+    std::vector<std::pair<llama_pos, int64_t>> vis;
+    for (int64_t s = 0; s < n_str; ++s) {
+        const auto & cells = mctx->kv->v_cells[sinfo.strm[s]];
+        for (int64_t r = 0; r < n_row; ++r) {
+            char * row = (char *) sel_mask->data + r*sel_mask->nb[1] + s*sel_mask->nb[3];
+            vis.clear();
+            for (int64_t c = 0; c < n_kv; ++c) {
+                const float m = f16 ? ggml_fp16_to_fp32(((ggml_fp16_t *) row)[c]) : ((float *) row)[c];
+                if (m != -INFINITY && !cells.is_empty(c)) {
+                    vis.emplace_back(cells.pos_get(c), c);
+                }
+            }
+            std::sort(vis.begin(), vis.end());
+            const int64_t n = vis.size();
+            auto keep = [&](int64_t i) {
+                if (f16) {
+                    ((ggml_fp16_t *) row)[vis[i].second] = ggml_fp32_to_fp16(INFINITY);
+                } else {
+                    ((float *) row)[vis[i].second] = INFINITY;
+                }
+            };
+            for (int64_t i = 0; i < std::min<int64_t>(p.n_sink, n); ++i) {
+                keep(i);
+            }
+            for (int64_t i = std::max<int64_t>(0, n - p.n_recent); i < n; ++i) {
+                keep(i);
+            }
+        }
+    }
+}
+
+ggml_tensor * llama_adamas_kv::build_attn(
+        const llm_graph_context & g,
+        llm_graph_input_attn_kv * inp,
+        ggml_tensor * q_cur,
+        ggml_tensor * k_cur,
+        ggml_tensor * k,
+        ggml_tensor * v,
+        ggml_tensor * kq_b,
+        ggml_tensor * kq_mask,
+        ggml_tensor * sinks,
+        float         kq_scale,
+        int           il) {
+    const llama_adamas_params & p = g.cparams.adamas;
+    const llama_kv_cache_context * mctx = inp->mctx;
+    const llama_kv_cache * kv = mctx->kv;
+    auto & st = kv->adamas;
+
+    const auto ikv = kv->map_layer_ids.find(il);
+    ggml_tensor * c = ikv == kv->map_layer_ids.end() ? nullptr : kv->layers[ikv->second].c;
+
+    if (p.budget <= 0) {
+        // K is written without codes: they are rebuilt if a budget is set later
+        if (c) {
+            st.stale = true;
+        }
+        return nullptr;
+    }
+    if (g.cparams.training || kv->other) {
+        return nullptr;
+    }
+
+    // what keeps this model (or layer) dense, said once per context
+    const char * reason = nullptr;
+    if (!c) {
+        reason = adamas_layer_reason(g.hparams, il);
+    } else if (!g.cparams.flash_attn) {
+        reason = "flash attention is off (Adamas reads V untransposed)";
+    } else if (kq_b || sinks) {
+        reason = kq_b ? "attention bias (kq_b)" : "attention sinks";
+    } else if (g.arch == LLM_ARCH_GROK) {
+        reason = "Grok attention";
+    } else if (v->nb[1] > v->nb[2]) {
+        reason = "transposed V cache";
+    }
+    if (reason) {
+        if (!st.logged) {
+            LLAMA_LOG_WARN("%s: Adamas off for layer %d (%s): it decodes dense\n", __func__, il, reason);
+            st.logged = true;
+        }
+        if (st.reason.empty()) {
+            st.reason = std::string("layer ") + std::to_string(il) + ": " + reason;
+        }
+        return nullptr;
+    }
+
+    ggml_context * ctx0 = g.ctx0;
+    const bool skip_wht = inp->self_k_rot != nullptr; // q and k are already Hadamard-rotated (nrot == D)
+
+    // codes of this ubatch's keys, at K's cells
+    ggml_tensor * c2d = c;
+    if (c->ne[2] > 1) {
+        c2d = ggml_reshape_2d(ctx0, c, c->ne[0], c->ne[1]*c->ne[2]);
+    }
+    // Encode the keys as the cache stores them (rounded to F16 or quantized), so that codes rebuilt from
+    // the cache after a shift or a state load are the same bits.
+    const ggml_type type_k = kv->layers[ikv->second].k->type;
+    ggml_tensor * k_enc = k_cur;
+    if (type_k != GGML_TYPE_F32) {
+        k_enc = ggml_cast(ctx0, ggml_is_contiguous(k_cur) ? k_cur : ggml_cont(ctx0, k_cur), type_k);
+        if (type_k != GGML_TYPE_F16) {
+            k_enc = ggml_cast(ctx0, k_enc, GGML_TYPE_F32);
+        }
+    }
+    ggml_tensor * c_written = ggml_adamas_encode_set_rows(ctx0, c2d, k_enc, inp->get_k_idxs(),
+            (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, skip_wht);
+    ggml_build_forward_expand(g.gf, c_written);
+
+    // one input object per graph (made at the first layer that gets here)
+    auto * ai = static_cast<llama_adamas_kv::input *>(inp->adamas);
+    if (!ai) {
+        auto obj = std::make_unique<llama_adamas_kv::input>(mctx, p, g.cparams.causal_attn,
+                llama_adamas_kv::input::decide_sparse(mctx, g.ubatch, p));
+        if (obj->sparse && (p.n_sink > 0 || p.n_recent > 0)) {
+            obj->sel_mask = ggml_new_tensor(ctx0, inp->self_kq_mask->type, 4, inp->self_kq_mask->ne);
+            ggml_set_input(obj->sel_mask);
+            ggml_set_name(obj->sel_mask, "adamas_sel_mask");
+        }
+        ai = static_cast<llama_adamas_kv::input *>(g.res->add_input(std::move(obj)));
+        inp->adamas = ai;
+    }
+    if (!ai->sparse || il < p.n_dense) {
+        return nullptr;
+    }
+    ai->n_sparse_layers++;
+
+    // k: [D, n_head_kv, n_kv, ns] (get_k), q_cur: [D, n_head, n_tokens]
+    const int64_t D      = k->ne[0];
+    const int64_t n_kv   = k->ne[2];
+    const int64_t ns     = k->ne[3];
+    const int64_t n_head = q_cur->ne[1];
+    const int64_t n_tps  = q_cur->ne[2]/ns;
+
+    ggml_tensor * q4 = ggml_view_4d(ctx0, q_cur, D, n_head, n_tps, ns, q_cur->nb[1], q_cur->nb[2], q_cur->nb[2]*n_tps, 0);
+    ggml_tensor * qc = ggml_adamas_encode(ctx0, q4, (ggml_adamas_thr_mode) p.thr_mode, p.thr_q, skip_wht);
+
+    // the codes of the visible cells, viewed from the write so that the read follows it
+    const auto & sinfo = mctx->sinfos[mctx->i_cur];
+    const size_t row = c->nb[1];
+    ggml_tensor * kc = ggml_view_4d(ctx0, c_written, GGML_ADAMAS_CODE_SIZE(D), k->ne[1], n_kv, ns,
+            GGML_ADAMAS_CODE_SIZE(D), row, row*c->ne[1], row*c->ne[1]*sinfo.s0);
+
+    ggml_tensor * idx = ggml_adamas_select(ctx0, qc, kc, ai->sel_mask ? ai->sel_mask : kq_mask, p.budget,
+            (ggml_adamas_select_mode) p.select_mode);
+    g.cb(idx, "adamas_idx", il);
+
+    ggml_tensor * qp = ggml_permute(ctx0, q4, 0, 2, 1, 3);
+    ggml_tensor * kp = ggml_permute(ctx0, k,  0, 2, 1, 3);
+    ggml_tensor * vp = ggml_permute(ctx0, v,  0, 2, 1, 3);
+
+    const float softcap = g.hparams.attn_soft_cap ? g.hparams.f_attn_logit_softcapping : 0.0f;
+    ggml_tensor * cur = ggml_adamas_attn(ctx0, qp, kp, vp, kq_mask, idx, kq_scale, softcap);
+
+    return ggml_reshape_2d(ctx0, cur, cur->ne[0]*cur->ne[1], cur->ne[2]*cur->ne[3]);
+}

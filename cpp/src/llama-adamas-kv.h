@@ -1,0 +1,66 @@
+// adamas_gguf: key codes beside llama.cpp's K cache, and the Adamas decode step of build_attn.
+// The hooks into llama-kv-cache.{h,cpp}, llama-graph.{h,cpp} are in cpp/patches; the code is here.
+#pragma once
+
+#include "llama-adamas.h"
+
+#include "ggml.h"
+
+#include <cstdint>
+#include <string>
+
+struct llama_hparams;
+struct llama_cparams;
+struct llama_ubatch;
+struct llm_graph_context;
+class  llm_graph_input_attn_kv;
+class  llama_kv_cache;
+class  llama_kv_cache_context;
+struct llama_context;
+
+// Adamas state of one llama_kv_cache (a member of it).
+struct llama_adamas_kv_state {
+    bool        stale          = false; // K holds cells whose codes were not written (or were invalidated)
+    bool        logged         = false; // the one "Adamas off" log line was printed
+    int64_t     n_sparse_steps  = 0;    // ubatches decoded with sparse attention
+    std::string reason;                 // why Adamas cannot serve (empty: it can)
+};
+
+struct llama_adamas_kv {
+    class input; // the graph input of a decode step (llama-adamas-kv.cpp)
+
+    // ---- llama_kv_cache hooks ----
+    // The code tensor of layer il (I8 [n_head_kv*D/4, kv_size, n_stream]) in K's context, or NULL where
+    // Adamas cannot code this layer's keys.
+    static ggml_tensor * new_codes(ggml_context * ctx, const llama_hparams & hp, uint32_t il, uint32_t kv_size, uint32_t n_stream);
+
+    static void log_size(const llama_kv_cache & kv);
+    static void copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint32_t sdst);
+
+    // K changed under the codes (context shift, state load): re-encode at the next update
+    static void invalidate(const llama_kv_cache & kv);
+    static bool update_pending(const llama_kv_cache & kv, const llama_context * lctx);
+    // re-encodes the codes from K if they are stale and Adamas is on; true if it computed something
+    static bool update(llama_kv_cache & kv, llama_context * lctx);
+
+    static const llama_adamas_kv_state * state(const llama_context * lctx);
+    static const char * unavailable_reason(const llama_context * lctx);
+    static int32_t      n_sparse_layers(const llama_context * lctx);
+    static int64_t      verify(llama_context * lctx);
+
+    // ---- llm_graph_context::build_attn hook ----
+    // Writes this ubatch's key codes and, for a decode step of a sparse layer, builds the Adamas attention
+    // (NULL: the caller builds dense attention).
+    static ggml_tensor * build_attn(
+            const llm_graph_context & g,
+            llm_graph_input_attn_kv * inp,
+            ggml_tensor * q_cur,
+            ggml_tensor * k_cur,
+            ggml_tensor * k,
+            ggml_tensor * v,
+            ggml_tensor * kq_b,
+            ggml_tensor * kq_mask,
+            ggml_tensor * sinks,
+            float         kq_scale,
+            int           il);
+};

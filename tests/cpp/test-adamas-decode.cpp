@@ -1,0 +1,321 @@
+// Adamas in the llama graph, through the C API (llama-adamas.h). References are dense decoding and
+// uninterrupted runs of the same model. Checks
+//   1. parameters: defaults, validation (nothing changes on a bad value), set/get round trip;
+//   2. a budget >= the context gives exactly the dense logits, and no sparse step is counted;
+//   3. a small budget runs sparse steps in every layer from n_dense on (or, for a model Adamas cannot
+//      serve, none, with a reason);
+//   4. two sequences decoded together (unified cache, and one stream per sequence): the short one, whose
+//      visible context fits in the budget, gets the dense result although the step is sparse, so no cell
+//      of the other sequence took its place;
+//   5. a state saved and loaded into a new context continues with bitwise the same logits, and its
+//      codes equal the encoding of its K (llama_adamas_verify_codes: every used cell, every layer);
+//   6. after a context shift (seq_rm + seq_add) the codes equal the encoding of the shifted K;
+//   7. the same for q8_0 and q4_0 K/V caches; and a budget set on a live context re-encodes the cache.
+// usage: test-adamas-decode MODEL.gguf [N_GPU_LAYERS]
+#include "llama.h"
+#include "llama-adamas.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+static int n_fail = 0;
+
+#define CHECK(cond, ...) do { if (!(cond)) { n_fail++; \
+    fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); fprintf(stderr, __VA_ARGS__); \
+    fprintf(stderr, "\n"); } } while (0)
+
+#define REQUIRE(cond, ...) do { const bool ok_ = (cond); CHECK(ok_, __VA_ARGS__); if (!ok_) exit(1); } while (0)
+
+static void quiet_log(ggml_log_level level, const char * text, void *) {
+    if (level >= GGML_LOG_LEVEL_ERROR || getenv("ADAMAS_TEST_LOG")) fputs(text, stderr);
+}
+
+struct runner {
+    llama_model * model;
+    int n_vocab;
+    int ngl;
+
+    llama_context * make(int n_ctx, int n_seq, bool unified, ggml_type type_kv, const llama_adamas_params & ap, bool may_fail = false) const {
+        llama_context_params cp = llama_context_default_params();
+        cp.n_ctx      = n_ctx;
+        cp.n_batch    = n_ctx;
+        cp.n_ubatch   = 512;
+        cp.n_seq_max  = n_seq;
+        cp.kv_unified = unified;
+        cp.type_k     = type_kv;
+        cp.type_v     = type_kv;
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        cp.n_threads = cp.n_threads_batch = 2;
+        llama_context * ctx = llama_init_from_model(model, cp);
+        if (!ctx && may_fail) {
+            return nullptr;
+        }
+        REQUIRE(ctx != nullptr, "context creation failed");
+        REQUIRE(llama_adamas_set(ctx, &ap) == 0, "llama_adamas_set refused valid parameters");
+        return ctx;
+    }
+
+    // Evaluates toks at pos0.. for sequence seq; appends the last token's logits to *out.
+    void eval(llama_context * ctx, const std::vector<llama_token> & toks, int pos0, int seq, std::vector<float> * out) const {
+        llama_batch b = llama_batch_init((int) toks.size(), 0, 1);
+        for (size_t i = 0; i < toks.size(); i++) {
+            b.token[i] = toks[i]; b.pos[i] = pos0 + (int) i; b.n_seq_id[i] = 1; b.seq_id[i][0] = seq;
+            b.logits[i] = i + 1 == toks.size();
+        }
+        b.n_tokens = (int) toks.size();
+        REQUIRE(llama_decode(ctx, b) == 0, "decode of %zu tokens at %d (seq %d) failed", toks.size(), pos0, seq);
+        if (out) {
+            const float * l = llama_get_logits_ith(ctx, -1);
+            out->insert(out->end(), l, l + n_vocab);
+        }
+        llama_batch_free(b);
+    }
+
+    // Greedy continuation of sequence seq from position pos for n steps (one token per step);
+    // returns the logits of every step.
+    std::vector<float> cont(llama_context * ctx, std::vector<float> last, int pos, int n, int seq = 0) const {
+        std::vector<float> all;
+        for (int i = 0; i < n; i++) {
+            const float * l = last.data() + last.size() - n_vocab;
+            const llama_token t = (llama_token) (std::max_element(l, l + n_vocab) - l);
+            last.clear();
+            eval(ctx, {t}, pos++, seq, &last);
+            all.insert(all.end(), last.begin(), last.end());
+        }
+        return all;
+    }
+};
+
+static double max_rel_diff(const std::vector<float> & a, const std::vector<float> & b) {
+    if (a.size() != b.size()) {
+        return INFINITY;
+    }
+    double m = 0.0, s = 1e-30;
+    for (size_t i = 0; i < a.size(); i++) {
+        m = std::max(m, (double) std::fabs(a[i] - b[i]));
+        s = std::max(s, (double) std::fabs(b[i]));
+    }
+    return m/s;
+}
+
+static std::vector<llama_token> random_tokens(std::mt19937 & rng, int n, int n_vocab) {
+    std::uniform_int_distribution<int> d(3, n_vocab - 1);
+    std::vector<llama_token> t(n);
+    for (auto & x : t) x = d(rng);
+    return t;
+}
+
+int main(int argc, char ** argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODEL.gguf [N_GPU_LAYERS]\n", argv[0]);
+        return 2;
+    }
+    llama_log_set(quiet_log, nullptr);
+    llama_backend_init();
+
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = argc > 2 ? atoi(argv[2]) : 0;
+    llama_model * model = llama_model_load_from_file(argv[1], mp);
+    REQUIRE(model != nullptr, "cannot load %s", argv[1]);
+    runner R { model, llama_vocab_n_tokens(llama_model_get_vocab(model)), mp.n_gpu_layers };
+    const int n_layer = llama_model_n_layer(model);
+
+    std::mt19937 rng(1234);
+
+    // ---- 1. parameters ----
+    llama_adamas_params def = llama_adamas_default_params();
+    CHECK(def.budget == 0 && def.n_dense == 2 && def.thr_mode == LLAMA_ADAMAS_THR_RMS && def.n_sink == 0 &&
+          def.n_recent == 0 && def.select_mode == LLAMA_ADAMAS_SELECT_GROUP, "unexpected defaults");
+    CHECK(llama_adamas_params_check(&def) == nullptr, "defaults rejected");
+    {
+        llama_context * ctx = R.make(512, 1, true, GGML_TYPE_F16, def);
+        llama_adamas_params good = def;
+        good.budget = 64; good.thr_q = 0.7f; good.n_sink = 4; good.n_recent = 16;
+        CHECK(llama_adamas_set(ctx, &good) == 0, "valid parameters refused");
+        const llama_adamas_params bads[] = {
+            [] { auto p = llama_adamas_default_params(); p.budget = -1;    return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.n_dense = -1;   return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.thr_mode = 7;   return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.thr_q = 0.0f;   return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.thr_k = -1.0f;  return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.thr_k = NAN;    return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.select_mode = 5; return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.n_sink = -2;    return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.budget = 8; p.n_sink = 4; p.n_recent = 8; return p; }(),
+        };
+        for (const auto & b : bads) {
+            CHECK(llama_adamas_params_check(&b) != nullptr, "bad parameters accepted");
+            CHECK(llama_adamas_set(ctx, &b) == -1, "llama_adamas_set accepted bad parameters");
+        }
+        const llama_adamas_params got = llama_adamas_get(ctx);
+        CHECK(memcmp(&got, &good, sizeof(got)) == 0, "a refused set changed the parameters");
+        llama_free(ctx);
+    }
+
+    const bool servable = [&] {
+        llama_adamas_params p = def; p.budget = 32;
+        llama_context * ctx = R.make(512, 1, true, GGML_TYPE_F16, p);
+        const char * why = llama_adamas_unavailable_reason(ctx);
+        const int n_sparse = llama_adamas_n_sparse_layers(ctx);
+        if (why) {
+            printf("Adamas off for this model: %s\n", why);
+            CHECK(n_sparse == 0, "unavailable, yet %d sparse layers", n_sparse);
+        } else {
+            CHECK(n_sparse == n_layer - 2, "%d sparse layers, expected %d", n_sparse, n_layer - 2);
+        }
+        llama_free(ctx);
+        return why == nullptr;
+    }();
+
+    const int n_prompt = 300;
+    const int n_gen    = 12;
+    const std::vector<llama_token> prompt = random_tokens(rng, n_prompt, R.n_vocab);
+
+    auto run = [&](ggml_type type_kv, const llama_adamas_params & ap, int64_t * steps) {
+        llama_context * ctx = R.make(1024, 1, true, type_kv, ap);
+        std::vector<float> last;
+        R.eval(ctx, prompt, 0, 0, &last);
+        std::vector<float> all = R.cont(ctx, last, n_prompt, n_gen);
+        if (steps) *steps = llama_adamas_n_sparse_steps(ctx);
+        llama_free(ctx);
+        return all;
+    };
+
+    // ---- 2. budget >= context: dense, exactly ----
+    const std::vector<float> dense = run(GGML_TYPE_F16, def, nullptr);
+    {
+        llama_adamas_params p = def; p.budget = 1024;
+        int64_t steps = -1;
+        const std::vector<float> big = run(GGML_TYPE_F16, p, &steps);
+        CHECK(big == dense, "budget >= context differs from dense (max rel diff %g)", max_rel_diff(big, dense));
+        CHECK(steps == 0, "%lld sparse steps with budget >= context", (long long) steps);
+    }
+
+    // ---- 3. a small budget is sparse ----
+    {
+        llama_adamas_params p = def; p.budget = 32;
+        int64_t steps = -1;
+        const std::vector<float> sparse = run(GGML_TYPE_F16, p, &steps);
+        CHECK(steps == (servable ? n_gen : 0), "%lld sparse steps, expected %d", (long long) steps, servable ? n_gen : 0);
+        bool finite = true;
+        for (float x : sparse) finite &= std::isfinite(x);
+        CHECK(finite, "non-finite logits at budget 32");
+        if (!servable) {
+            CHECK(sparse == dense, "a model Adamas cannot serve did not decode dense");
+        }
+        printf("budget 32: %lld sparse steps, logits vs dense: max rel diff %.3g\n", (long long) steps, max_rel_diff(sparse, dense));
+    }
+
+    // ---- 4. two sequences, decoded together (one token each per step) ----
+    for (bool unified : { true, false }) {
+        const int n_short = 40, n_long = 400, n_steps = 6;
+        const std::vector<llama_token> other = random_tokens(rng, n_long, R.n_vocab);
+        const std::vector<llama_token> shrt(prompt.begin(), prompt.begin() + n_short);
+        const char * kind = unified ? "unified" : "per-stream";
+
+        // reference: the short sequence alone, dense
+        llama_context * ref = R.make(1024, 2, unified, GGML_TYPE_F16, def);
+        std::vector<float> last;
+        R.eval(ref, shrt, 0, 1, &last);
+        const std::vector<float> want = R.cont(ref, last, n_short, n_steps, 1);
+        llama_free(ref);
+
+        llama_adamas_params p = def; p.budget = 64;
+        llama_context * ctx = R.make(1024, 2, unified, GGML_TYPE_F16, p);
+        R.eval(ctx, other, 0, 0, nullptr);
+        last.clear();
+        R.eval(ctx, shrt, 0, 1, &last);
+        std::vector<float> got;
+        llama_token t0 = other.back(); // the long sequence just repeats its last token
+        for (int i = 0; i < n_steps; i++) {
+            const float * l = last.data() + last.size() - R.n_vocab;
+            const llama_token t1 = (llama_token) (std::max_element(l, l + R.n_vocab) - l);
+            llama_batch b = llama_batch_init(2, 0, 1);
+            b.token[0] = t0; b.pos[0] = n_long + i;  b.n_seq_id[0] = 1; b.seq_id[0][0] = 0; b.logits[0] = 0;
+            b.token[1] = t1; b.pos[1] = n_short + i; b.n_seq_id[1] = 1; b.seq_id[1][0] = 1; b.logits[1] = 1;
+            b.n_tokens = 2;
+            REQUIRE(llama_decode(ctx, b) == 0, "%s: two-sequence decode failed", kind);
+            llama_batch_free(b);
+            const float * lo = llama_get_logits_ith(ctx, 1);
+            last.assign(lo, lo + R.n_vocab);
+            got.insert(got.end(), last.begin(), last.end());
+        }
+        const int64_t steps = llama_adamas_n_sparse_steps(ctx);
+        llama_free(ctx);
+        const double d = max_rel_diff(got, want);
+        CHECK(d < 1e-3, "%s cache: the short sequence differs from dense by %g", kind, d);
+        if (servable) {
+            CHECK(steps == n_steps, "%s cache: %lld sparse steps, expected %d", kind, (long long) steps, n_steps);
+        }
+    }
+
+    // ---- 5-7. state save/load and context shift, F16 and quantized caches ----
+    for (ggml_type type_kv : { GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0 }) {
+        const char * tn = ggml_type_name(type_kv);
+        llama_adamas_params p = def; p.budget = 32; p.n_sink = 2; p.n_recent = 8;
+
+        // uninterrupted
+        llama_context * a = R.make(1024, 1, true, type_kv, p, type_kv != GGML_TYPE_F16);
+        if (!a) {
+            printf("%s cache: not available for this head dim, skipped\n", tn);
+            continue;
+        }
+        std::vector<float> last;
+        R.eval(a, prompt, 0, 0, &last);
+        std::vector<float> head = R.cont(a, last, n_prompt, 4);
+        CHECK(llama_adamas_verify_codes(a) == 0, "%s: codes differ from K after decoding", tn);
+        std::vector<uint8_t> state(llama_state_get_size(a));
+        CHECK(llama_state_get_data(a, state.data(), state.size()) == state.size(), "%s: state save failed", tn);
+        const std::vector<float> seed_a(head.end() - R.n_vocab, head.end());
+        std::vector<float> tail_a = R.cont(a, seed_a, n_prompt + 4, 8);
+
+        // loaded into a new context
+        llama_context * b = R.make(1024, 1, true, type_kv, p);
+        CHECK(llama_state_set_data(b, state.data(), state.size()) == state.size(), "%s: state load failed", tn);
+        std::vector<float> tail_b = R.cont(b, seed_a, n_prompt + 4, 8);
+        CHECK(tail_a == tail_b, "%s: after save/load the logits differ (max rel diff %g)", tn, max_rel_diff(tail_b, tail_a));
+        CHECK(llama_adamas_verify_codes(b) == 0, "%s: codes differ from K after a state load", tn);
+        llama_free(b);
+
+        // context shift: drop positions [10, 110) and move the rest back; the keys are re-roped in place
+        llama_memory_t mem = llama_get_memory(a);
+        const int pos_end = n_prompt + 12;
+        CHECK(llama_memory_seq_rm(mem, 0, 10, 110), "%s: seq_rm failed", tn);
+        llama_memory_seq_add(mem, 0, 110, pos_end, -100);
+        const std::vector<float> seed_s(tail_a.end() - R.n_vocab, tail_a.end());
+        R.cont(a, seed_s, pos_end - 100, 6); // the shift (and the re-encode) happen at the first step
+        CHECK(llama_adamas_verify_codes(a) == 0, "%s: codes differ from the shifted K", tn);
+        if (servable) {
+            CHECK(llama_adamas_n_sparse_steps(a) == 4 + 8 + 6, "%s: %lld sparse steps", tn, (long long) llama_adamas_n_sparse_steps(a));
+        }
+        llama_free(a);
+    }
+
+    // a budget set on a live context re-encodes what was decoded without codes
+    {
+        llama_context * ctx = R.make(1024, 1, true, GGML_TYPE_F16, def);
+        std::vector<float> last;
+        R.eval(ctx, prompt, 0, 0, &last);
+        llama_adamas_params p = def; p.budget = 32;
+        llama_adamas_set(ctx, &p);
+        R.cont(ctx, last, n_prompt, 2);
+        CHECK(llama_adamas_verify_codes(ctx) == 0, "codes differ from K after enabling Adamas on a live context");
+        CHECK(llama_adamas_n_sparse_steps(ctx) == (servable ? 2 : 0), "%lld sparse steps after enabling", (long long) llama_adamas_n_sparse_steps(ctx));
+        llama_free(ctx);
+    }
+
+    llama_model_free(model);
+    llama_backend_free();
+    if (n_fail) {
+        fprintf(stderr, "%d checks failed\n", n_fail);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
