@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from ._lib import LIB_DIR, UPSTREAM, lib, llama_cpp  # noqa: F401  (loads our libraries first)
+from .adamas import AdamasParams
 from .llama import Llama
 
-__all__ = ["Llama", "LIB_DIR", "UPSTREAM", "__version__"]
+__all__ = ["Llama", "AdamasParams", "LIB_DIR", "UPSTREAM", "__version__"]

@@ -76,3 +76,92 @@ from ._version import __version__ as _pkg_version  # noqa: E402
 if LIB_VERSION != _pkg_version:
     raise LibraryError(f"{_LIBLLAMA} is adamas_gguf {LIB_VERSION}, but the Python package is {_pkg_version}; "
                        "reinstall the package")
+
+
+# ------------------------------------------------------------------------------------------------
+# The Adamas C API (llama-adamas.h). Bound on first use rather than at import, so that a library without
+# these symbols still imports (and says what is missing, as a LibraryError, when they are needed).
+
+# enum llama_adamas_thr_mode
+LLAMA_ADAMAS_THR_FIXED = 0
+LLAMA_ADAMAS_THR_RMS = 1
+# enum llama_adamas_select_mode
+LLAMA_ADAMAS_SELECT_HEAD = 0
+LLAMA_ADAMAS_SELECT_GROUP = 1
+
+
+class llama_adamas_params(ctypes.Structure):
+    """struct llama_adamas_params, field by field in the header's order."""
+
+    _fields_ = [
+        ("budget", ctypes.c_int32),       # tokens attended per head in a sparse step; 0 = dense
+        ("n_dense", ctypes.c_int32),      # the first n_dense layers stay dense
+        ("thr_mode", ctypes.c_int32),     # enum llama_adamas_thr_mode
+        ("thr_q", ctypes.c_float),        # threshold (FIXED) or RMS factor (RMS) for queries, > 0
+        ("thr_k", ctypes.c_float),        # the same for keys, > 0
+        ("select_mode", ctypes.c_int32),  # enum llama_adamas_select_mode
+        ("n_sink", ctypes.c_int32),       # first tokens always kept (inside the budget)
+        ("n_recent", ctypes.c_int32),     # most recent tokens always kept (inside the budget)
+    ]
+
+
+llama_adamas_params_p = ctypes.POINTER(llama_adamas_params)
+_ctx_p = llama_cpp.llama_cpp.llama_context_p_ctypes  # c_void_p
+
+# name: (argtypes, restype)
+_ADAMAS_SIGNATURES: dict = {
+    "llama_adamas_default_params": ([], llama_adamas_params),
+    "llama_adamas_params_check": ([llama_adamas_params_p], ctypes.c_char_p),
+    "llama_adamas_set": ([_ctx_p, llama_adamas_params_p], ctypes.c_int32),
+    "llama_adamas_get": ([_ctx_p], llama_adamas_params),
+    "llama_adamas_n_sparse_layers": ([_ctx_p], ctypes.c_int32),
+    "llama_adamas_n_sparse_steps": ([_ctx_p], ctypes.c_int64),
+    "llama_adamas_unavailable_reason": ([_ctx_p], ctypes.c_char_p),
+}
+_bound: dict = {}
+
+
+def _fn(name: str):
+    """The C function `name`, with its argtypes/restype set; LibraryError if the library lacks it."""
+    fn = _bound.get(name)
+    if fn is None:
+        argtypes, restype = _ADAMAS_SIGNATURES[name]
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise LibraryError(f"{lib._name} lacks {name} (the Adamas API of llama-adamas.h): it was built "
+                               "from an older adamas_gguf; rebuild and reinstall the package") from None
+        fn.argtypes, fn.restype = argtypes, restype
+        _bound[name] = fn
+    return fn
+
+
+def llama_adamas_default_params() -> llama_adamas_params:
+    return _fn("llama_adamas_default_params")()
+
+
+def llama_adamas_params_check(p: llama_adamas_params) -> str | None:
+    """None if p is valid, else the library's message saying what is wrong."""
+    msg = _fn("llama_adamas_params_check")(ctypes.byref(p))
+    return None if msg is None else msg.decode("utf-8", errors="replace")
+
+
+def llama_adamas_set(ctx: int, p: llama_adamas_params) -> int:
+    return _fn("llama_adamas_set")(ctx, ctypes.byref(p))
+
+
+def llama_adamas_get(ctx: int) -> llama_adamas_params:
+    return _fn("llama_adamas_get")(ctx)
+
+
+def llama_adamas_n_sparse_layers(ctx: int) -> int:
+    return _fn("llama_adamas_n_sparse_layers")(ctx)
+
+
+def llama_adamas_n_sparse_steps(ctx: int) -> int:
+    return _fn("llama_adamas_n_sparse_steps")(ctx)
+
+
+def llama_adamas_unavailable_reason(ctx: int) -> str | None:
+    msg = _fn("llama_adamas_unavailable_reason")(ctx)
+    return None if msg is None else msg.decode("utf-8", errors="replace")

@@ -47,6 +47,17 @@ def print_error(msg: object) -> None:
         pass
 
 
+def print_note(msg: object) -> None:
+    print_info("note: " + _one_line(msg))
+
+
+def print_info(msg: object) -> None:
+    try:
+        print(f"{PROG}: {_one_line(msg)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but errors are one line (`adamas_gguf: error: ...`) and exit code 2."""
 
@@ -108,6 +119,19 @@ def _float_type(lo: float, hi: Optional[float] = None, lo_open: bool = False) ->
                                              + ("" if hi is None else f" and <= {hi:g}"))
         return v
     return parse
+
+
+INT32_MAX = 2**31 - 1
+FLOAT_MAX = 3.4028234663852886e38  # the largest finite C float: the library keeps thresholds as floats
+
+
+def _threshold(s: str) -> float:
+    v = _float_type(0.0, lo_open=True)(s)
+    if v > FLOAT_MAX:  # the library's float would be inf
+        raise argparse.ArgumentTypeError(f"{v:g} is out of range: must be > 0 and at most {FLOAT_MAX:g}")
+    if ctypes.c_float(v).value == 0:  # ... or 0
+        raise argparse.ArgumentTypeError(f"{v:g} is too small: a C float rounds it to 0; it must be > 0")
+    return v
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,8 +229,50 @@ def build_parser() -> _Parser:
                    metavar="N", help=f"the number of layers to put on the GPU; -1 = all; has no effect on "
                                      f"a CPU-only build (default: {N_GPU_LAYERS})")
     g.add_argument("-v", "--verbose", action="store_true",
-                   help="show llama.cpp's log on stderr (default: quiet)")
+                   help="show llama.cpp's log on stderr, and the Adamas parameters and sparse step count "
+                        "(default: quiet)")
+
+    from .adamas import AdamasParams as D, SELECT_MODES, THR_MODES  # class attributes: the defaults
+    g = run.add_argument_group(
+        "adamas", "Adamas sparse attention: at each decode step, the layers from --dense-layers on attend only\n"
+                  "the --budget cached tokens whose 2-bit Hadamard codes are nearest the query's. Prefill, and\n"
+                  "steps whose context fits in the budget, stay dense and exact.")
+    g.add_argument("--budget", type=_int_type(0, INT32_MAX, " tokens"), default=D.budget, metavar="N",
+                   help=f"tokens attended per head in a sparse decode step; 0 = dense attention, Adamas "
+                        f"off (default: {D.budget})")
+    g.add_argument("--dense-layers", type=_int_type(0, INT32_MAX, " layers"), default=D.n_dense, metavar="N",
+                   help=f"the first N layers stay dense (default: {D.n_dense})")
+    g.add_argument("--thr-mode", choices=list(THR_MODES), default=D.thr_mode,
+                   help=f"bucket thresholds of the 2-bit codes: rms = --thr-q/--thr-k times the RMS of each "
+                        f"transformed vector; fixed = --thr-q/--thr-k themselves (the paper: 10) "
+                        f"(default: {D.thr_mode})")
+    g.add_argument("--thr-q", type=_threshold, default=D.thr_q, metavar="X",
+                   help=f"the threshold (or RMS factor) for queries, > 0 (default: {D.thr_q:g})")
+    g.add_argument("--thr-k", type=_threshold, default=D.thr_k, metavar="X",
+                   help=f"the threshold (or RMS factor) for keys, > 0 (default: {D.thr_k:g})")
+    g.add_argument("--select", choices=list(SELECT_MODES), default=D.select,
+                   help=f"group = one token selection per KV head (the distances of its query heads "
+                        f"summed); head = one per query head (default: {D.select})")
+    g.add_argument("--sink", type=_int_type(0, INT32_MAX, " tokens"), default=D.n_sink, metavar="N",
+                   help=f"always attend the first N tokens of the sequence, inside the budget "
+                        f"(default: {D.n_sink})")
+    g.add_argument("--recent", type=_int_type(0, INT32_MAX, " tokens"), default=D.n_recent, metavar="N",
+                   help=f"always attend the N most recent tokens, inside the budget (default: {D.n_recent})")
     return top
+
+
+def adamas_params(args, parser: argparse.ArgumentParser):
+    """The AdamasParams of `run`'s flags; a bad combination is a usage error (one line, exit code 2)."""
+    from .adamas import AdamasParams
+    if args.budget > 0 and args.sink + args.recent > args.budget:
+        parser.error(f"--sink {args.sink} and --recent {args.recent} keep {args.sink + args.recent} tokens, "
+                     f"more than --budget {args.budget}: they are attended inside the budget")
+    try:
+        return AdamasParams(budget=args.budget, n_dense=args.dense_layers, thr_mode=args.thr_mode,
+                            thr_q=args.thr_q, thr_k=args.thr_k, select=args.select, n_sink=args.sink,
+                            n_recent=args.recent)
+    except ValueError as e:  # the library's own check, stricter than the flags' (say so in its words)
+        parser.error(str(e))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,7 +407,7 @@ def _load(path: str, args):
     from . import Llama
     from .gguf_check import GGUFError
     kwargs = dict(n_ctx=args.ctx_size, n_gpu_layers=args.n_gpu_layers, seed=args.seed,
-                  verbose=args.verbose)
+                  verbose=args.verbose, adamas=args.adamas)
     if args.threads is not None:
         kwargs.update(n_threads=args.threads, n_threads_batch=args.threads)
     try:
@@ -441,6 +507,17 @@ def _chat(llm, prompt: str, args, out: _Out) -> None:
         del llm.create_completion
 
 
+def _adamas_report(llm, args) -> None:
+    params = llm.adamas
+    if args.verbose:
+        what = "off (budget 0: dense attention)" if params.dense else \
+            f"{params} (sparse layers: {llm.adamas_n_sparse_layers})"
+        print_info(f"adamas: {what}")
+    reason = llm.adamas_unavailable_reason
+    if not params.dense and reason:  # said even when quiet: the user asked for something not done
+        print_note(f"Adamas off for this model: {reason}; decoding dense")
+
+
 def run(args) -> int:
     if args.system_prompt is not None and not args.chat:
         raise UserError("--system-prompt needs --chat")
@@ -450,8 +527,11 @@ def run(args) -> int:
     llm = _load(path, args)
     out = _Out()
     try:
+        _adamas_report(llm, args)
         (_chat if args.chat else _complete)(llm, prompt, args, out)
         out.write("\n")
+        if args.verbose:
+            print_info(f"adamas: {llm.adamas_sparse_steps} sparse decode steps")
     finally:
         llm.close()
     return EXIT_OK
@@ -474,6 +554,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.error("no command given; use `run` (see --help)")
+        if args.command == "run":  # before anything is loaded: a usage error costs nothing
+            args.adamas = adamas_params(args, parser)
         return run(args)
     except UserError as e:
         print_error(e)

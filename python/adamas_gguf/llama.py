@@ -1,22 +1,125 @@
-"""`adamas_gguf.Llama`: llama_cpp.Llama running on our libraries."""
+"""`adamas_gguf.Llama`: llama_cpp.Llama running on our libraries, with the Adamas parameters."""
 from __future__ import annotations
 
+from typing import Any, Optional
+
+from . import _lib
 from ._lib import llama_cpp
+from .adamas import AdamasParams
 from .gguf_check import check_gguf
+
+_D = AdamasParams  # its class attributes are the field defaults (the library's defaults)
+ADAMAS_KEYWORDS = ("budget", "n_dense", "thr_mode", "thr_q", "thr_k", "select", "n_sink", "n_recent")
+
+
+def _resolve(adamas: Optional[AdamasParams], keywords: dict) -> AdamasParams:
+    """The parameters asked for, as `adamas=AdamasParams(...)` or as keywords (not both), validated."""
+    if adamas is None:
+        return AdamasParams(**keywords)
+    if not isinstance(adamas, AdamasParams):
+        raise TypeError(f"adamas must be an AdamasParams or None, got {type(adamas).__name__}")
+    # a keyword left at its default cannot be told from one not given; any other value is a conflict
+    both = [k for k, v in keywords.items() if v != getattr(_D, k)]
+    if both:
+        raise ValueError(f"give the Adamas parameters either as adamas=AdamasParams(...) or as keywords, "
+                         f"not both (got adamas= and {', '.join(k + '=' for k in both)})")
+    return adamas
+
+
+def _check_flash_attn(params: AdamasParams, flash_attn: bool) -> None:
+    if params.budget > 0 and not flash_attn:
+        raise ValueError(f"Adamas (budget={params.budget}) needs flash attention: its sparse decode path "
+                         "reads V stored untransposed; leave flash_attn=True (the default), or use budget=0")
 
 
 class Llama(llama_cpp.Llama):
     """llama_cpp.Llama with the same API; existing code works by changing the import.
 
     Differences: flash attention is on by default (the Adamas sparse decode path needs it: V must not be
-    stored transposed), and the model file is validated first, so a missing, non-GGUF or truncated file
-    raises `GGUFError` (a ValueError) that says which.
+    stored transposed), the model file is validated first, so a missing, non-GGUF or truncated file
+    raises `GGUFError` (a ValueError) that says which, and the Adamas parameters:
+
+        Llama(path, budget=64)                              # Adamas on: 64 tokens per head per step
+        Llama(path, adamas=AdamasParams(budget=64, n_sink=4))
+        llm.set_adamas(budget=128); llm.adamas              # change / read them on a live object
+
+    The keywords are the fields of `AdamasParams` (budget=0 keeps decoding dense). They are checked
+    before anything else, the model file included: a bad value raises ValueError at no cost.
     """
 
-    def __new__(cls, model_path: str, *args, **kwargs):
+    def __new__(cls, *args: Any, **kwargs: Any):
         # Checked before the object exists: a half-built llama_cpp.Llama would complain in __del__.
-        check_gguf(model_path)
+        # The parameters first (cheap, and a mistake in the call whatever the file), then the file.
+        params = _resolve(kwargs.get("adamas"), {k: kwargs[k] for k in ADAMAS_KEYWORDS if k in kwargs})
+        _check_flash_attn(params, kwargs.get("flash_attn", True))
+        model_path = args[0] if args else kwargs.get("model_path")
+        if model_path is not None:  # None: unpickling (__new__ without arguments, then __setstate__)
+            check_gguf(model_path)
         return super().__new__(cls)
 
-    def __init__(self, model_path: str, *args, flash_attn: bool = True, **kwargs):
+    def __init__(self, model_path: str, *args: Any, flash_attn: bool = True,
+                 budget: int = _D.budget, n_dense: int = _D.n_dense, thr_mode: str = _D.thr_mode,
+                 thr_q: float = _D.thr_q, thr_k: float = _D.thr_k, select: str = _D.select,
+                 n_sink: int = _D.n_sink, n_recent: int = _D.n_recent,
+                 adamas: Optional[AdamasParams] = None, **kwargs: Any):
+        # resolved again (cheap): __init__ also runs without our __new__'s checks, from __setstate__
+        params = _resolve(adamas, dict(budget=budget, n_dense=n_dense, thr_mode=thr_mode, thr_q=thr_q,
+                                       thr_k=thr_k, select=select, n_sink=n_sink, n_recent=n_recent))
+        _check_flash_attn(params, flash_attn)
         super().__init__(model_path, *args, flash_attn=flash_attn, **kwargs)
+        self._apply_adamas(params)
+
+    # --------------------------------------------------------------------------------------------
+    # Adamas
+
+    def _ctx_ptr(self) -> int:
+        ctx = getattr(getattr(self, "_ctx", None), "ctx", None)
+        if ctx is None:  # closed: passing NULL to the library would crash the process
+            raise ValueError("this Llama is closed")
+        return ctx
+
+    def _apply_adamas(self, params: AdamasParams) -> None:
+        if _lib.llama_adamas_set(self._ctx_ptr(), params.to_c()) != 0:
+            # not expected: the parameters passed the library's own check when they were made
+            why = _lib.llama_adamas_params_check(params.to_c()) or "no reason given"
+            raise ValueError(f"llama_adamas_set refused {params}: {why}")
+
+    @property
+    def adamas(self) -> AdamasParams:
+        """The context's current Adamas parameters (read from the library: llama_adamas_get)."""
+        return AdamasParams.from_c(_lib.llama_adamas_get(self._ctx_ptr()))
+
+    def set_adamas(self, params: Optional[AdamasParams] = None, /, **changes: Any) -> AdamasParams:
+        """Change the Adamas parameters; they apply from the next decode. `set_adamas(budget=128)` changes
+        the fields named and keeps the others; `set_adamas(AdamasParams(...))` replaces all of them.
+        A bad value raises ValueError (an unknown name TypeError) and changes nothing. Returns the new
+        parameters, as the library now has them."""
+        base = self.adamas if params is None else params
+        if not isinstance(base, AdamasParams):
+            raise TypeError(f"set_adamas takes an AdamasParams or keywords, got {type(base).__name__}")
+        new = base.replace(**changes) if changes else base
+        _check_flash_attn(new, self.context_params.flash_attn_type != llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self._apply_adamas(new)
+        return self.adamas
+
+    @property
+    def adamas_n_sparse_layers(self) -> int:
+        """Layers that run sparse decode steps with the current parameters (0 when the budget is 0 or
+        Adamas cannot serve this model: see adamas_unavailable_reason)."""
+        return int(_lib.llama_adamas_n_sparse_layers(self._ctx_ptr()))
+
+    @property
+    def adamas_sparse_steps(self) -> int:
+        """Decode steps (ubatches) this context has run with sparse attention so far."""
+        return int(_lib.llama_adamas_n_sparse_steps(self._ctx_ptr()))
+
+    @property
+    def adamas_unavailable_reason(self) -> Optional[str]:
+        """Why Adamas cannot serve this model on its devices (it then decodes dense), or None if it can."""
+        return _lib.llama_adamas_unavailable_reason(self._ctx_ptr())
+
+    def __getstate__(self):
+        # pickling rebuilds the object through __init__(**state): keep the Adamas parameters
+        state = super().__getstate__()
+        state["adamas"] = self.adamas
+        return state
