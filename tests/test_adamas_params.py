@@ -368,7 +368,7 @@ def test_cli_help_lists_the_adamas_flags():
     flat = " ".join(assert_ok(run_cli("run", "--help")).split())
     for s in ("--budget N", "--dense-layers N", "--thr-mode {rms,fixed}", "--thr-q X", "--thr-k X",
               "--select {group,head}", "--sink N", "--recent N", "0 = dense attention", "(default: 2)",
-              "(default: rms)", "(default: group)", "(default: 0.5)"):
+              "(default: fixed)", "(default: group)", "(default: 1.0)"):
         assert s in flat, s
 
 

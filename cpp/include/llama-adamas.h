@@ -40,7 +40,7 @@ struct llama_adamas_params {
     int32_t n_recent;     // the n_recent most recent tokens are always kept (inside the budget)
 };
 
-// Defaults: budget 0 (off), n_dense 2, RMS thresholds 0.5 / 0.5, per-KV-group selection, no sinks.
+// Defaults: budget 0 (off), n_dense 2, fixed thresholds +-1 for q and k, per-KV-group selection, no sinks.
 LLAMA_API struct llama_adamas_params llama_adamas_default_params(void);
 
 // Checks p; returns NULL if valid, else a message saying what is wrong (static storage).

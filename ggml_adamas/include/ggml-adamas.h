@@ -85,7 +85,9 @@ GGML_API struct ggml_tensor * ggml_adamas_encode_set_rows(
 //         (the KQ mask of ggml_flash_attn_ext); +INF marks a cell that is always chosen, ahead of every
 //         ranked cell (sink and recent tokens); any other value means visible and ranked
 //   result: I32 [budget, n_head (HEAD) or n_head_kv (GROUP), n_q, ns]: cell indices in [0, n_kv)
-//   n_head % n_head_kv == 0; query head h reads KV head h / (n_head/n_head_kv).
+//   n_head % n_head_kv == 0; query head h reads KV head h / (n_head/n_head_kv). Distances are 16-bit in
+//   the kernels: GROUP mode needs 3*D*(n_head/n_head_kv) + 1 < 65535 (e.g. up to 85 query heads per KV
+//   head at D = 256), which the constructor asserts.
 // Order and ties (one rule): cells are ranked by smaller distance first, then by higher cell index
 // (on llama.cpp's cache usually the more recent token), with +INF cells ahead of all (by higher index);
 // the result lists the first `budget` cells of that ranking in ranking order. If fewer than `budget`

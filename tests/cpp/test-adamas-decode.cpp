@@ -130,7 +130,7 @@ int main(int argc, char ** argv) {
 
     // ---- 1. parameters ----
     llama_adamas_params def = llama_adamas_default_params();
-    CHECK(def.budget == 0 && def.n_dense == 2 && def.thr_mode == LLAMA_ADAMAS_THR_RMS && def.n_sink == 0 &&
+    CHECK(def.budget == 0 && def.n_dense == 2 && def.thr_mode == LLAMA_ADAMAS_THR_FIXED && def.thr_q == 1.0f && def.n_sink == 0 &&
           def.n_recent == 0 && def.select_mode == LLAMA_ADAMAS_SELECT_GROUP, "unexpected defaults");
     CHECK(llama_adamas_params_check(&def) == nullptr, "defaults rejected");
     {
