@@ -81,12 +81,7 @@ def test_budget_at_least_context_is_dense(big):
 def _greedy(llm: Llama, toks: list[int], n: int) -> list[int]:
     llm.reset()
     llm.eval(toks)
-    out = []
-    for _ in range(n):
-        t = llm.sample(temp=0)
-        out.append(t)
-        llm.eval([t])
-    return out
+    return _continue(llm, n)
 
 
 def test_state_reload_continues_the_same(big):

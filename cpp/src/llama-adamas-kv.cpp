@@ -166,6 +166,9 @@ const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
         return "flash attention is off (Adamas reads V untransposed)";
     }
     for (const auto & layer : kv->layers) {
+        if (layer.c && layer.c->buffer && !ggml_backend_buffer_is_host(layer.c->buffer)) {
+            return "the KV cache is on a device without Adamas kernels";
+        }
         if (!layer.c) {
             static thread_local std::string msg;
             msg = std::string("layer ") + std::to_string(layer.il) + ": " + adamas_layer_reason(kv->hparams, layer.il);
@@ -389,6 +392,9 @@ ggml_tensor * llama_adamas_kv::build_attn(
         reason = "Grok attention";
     } else if (v->nb[1] > v->nb[2]) {
         reason = "transposed V cache";
+    } else if (c->buffer && !ggml_backend_buffer_is_host(c->buffer)) {
+        // the Adamas ops have CPU kernels only so far: never let the scheduler copy the cache to the CPU
+        reason = "the KV cache is on a device without Adamas kernels";
     }
     if (reason) {
         if (!st.logged) {
@@ -413,14 +419,13 @@ ggml_tensor * llama_adamas_kv::build_attn(
     // the cache after a shift or a state load are the same bits.
     const ggml_type type_k = kv->layers[ikv->second].k->type;
     ggml_tensor * k_enc = k_cur;
-    if (type_k != GGML_TYPE_F32) {
+    if (type_k != GGML_TYPE_F32 && type_k != GGML_TYPE_F16) {
         k_enc = ggml_cast(ctx0, ggml_is_contiguous(k_cur) ? k_cur : ggml_cont(ctx0, k_cur), type_k);
-        if (type_k != GGML_TYPE_F16) {
-            k_enc = ggml_cast(ctx0, k_enc, GGML_TYPE_F32);
-        }
+        k_enc = ggml_cast(ctx0, k_enc, GGML_TYPE_F32);
     }
     ggml_tensor * c_written = ggml_adamas_encode_set_rows(ctx0, c2d, k_enc, inp->get_k_idxs(),
             (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, skip_wht);
+    ggml_adamas_encode_set_round_f16(c_written, type_k == GGML_TYPE_F16); // F16 caches: no cast node
     ggml_build_forward_expand(g.gf, c_written);
 
     // one input object per graph (made at the first layer that gets here)

@@ -78,6 +78,10 @@ GGML_API struct ggml_tensor * ggml_adamas_encode_set_rows(
         float                 thr,
         bool                  skip_wht);
 
+// Encode a's values as an F16 cache stores them (each rounded to F16 first), without a cast node: the
+// codes then equal those re-encoded later from the F16 cache (after a context shift or a state load).
+GGML_API void ggml_adamas_encode_set_round_f16(struct ggml_tensor * encode, bool round_f16);
+
 // Select the `budget` cached cells nearest to each query.
 //   qc:   I8 [D/4, n_head,    n_q,  ns]   query codes
 //   kc:   I8 [D/4, n_head_kv, n_kv, ns]   key codes (may be a strided view of a code cache)

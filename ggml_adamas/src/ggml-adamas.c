@@ -1,7 +1,7 @@
 // Constructors of the Adamas ops (see ggml-adamas.h). Compiled into ggml-base beside ggml.c.
 //
 // op_params:
-//   ADAMAS_ENCODE: i32 mode, f32 thr, i32 skip_wht          src: a, idxs (set_rows form), codes (set_rows form)
+//   ADAMAS_ENCODE: i32 mode, f32 thr, i32 skip_wht, i32 round_f16   src: a, idxs (set_rows form), codes (set_rows form)
 //   ADAMAS_SELECT: i32 budget, i32 mode                     src: qc, kc, mask
 //   ADAMAS_ATTN:   f32 scale, f32 softcap                   src: q, k, v, mask, idx
 
@@ -74,6 +74,11 @@ struct ggml_tensor * ggml_adamas_encode_set_rows(
     result->src[2] = codes;
 
     return result;
+}
+
+void ggml_adamas_encode_set_round_f16(struct ggml_tensor * encode, bool round_f16) {
+    GGML_ASSERT(encode->op == GGML_OP_ADAMAS_ENCODE);
+    ggml_set_op_params_i32(encode, 3, round_f16 ? 1 : 0);
 }
 
 static void ggml_adamas_check_mask(const struct ggml_tensor * mask, int64_t n_kv, int64_t n_q, int64_t ns) {

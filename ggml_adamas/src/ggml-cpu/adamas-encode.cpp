@@ -53,6 +53,7 @@ void ggml_compute_forward_adamas_encode(const ggml_compute_params * params, ggml
     const enum ggml_adamas_thr_mode mode = (enum ggml_adamas_thr_mode) ggml_get_op_params_i32(dst, 0);
     const float thr      = ggml_get_op_params_f32(dst, 1);
     const bool  skip_wht = ggml_get_op_params_i32(dst, 2) != 0;
+    const bool  round_f16 = ggml_get_op_params_i32(dst, 3) != 0 && a->type == GGML_TYPE_F32;
 
     const int     D      = (int) a->ne[0];
     const int64_t n_head = a->ne[1];
@@ -78,7 +79,12 @@ void ggml_compute_forward_adamas_encode(const ggml_compute_params * params, ggml
         const int64_t i3 = iv / (n_head*n_rows);
 
         const char * src = (const char *) a->data + i1*a->nb[1] + i2*a->nb[2] + i3*a->nb[3];
-        if (a->type == GGML_TYPE_F32) {
+        if (round_f16) {
+            const float * f = (const float *) src;
+            for (int d = 0; d < D; ++d) {
+                y[d] = GGML_CPU_FP16_TO_FP32(GGML_CPU_FP32_TO_FP16(f[d]));
+            }
+        } else if (a->type == GGML_TYPE_F32) {
             memcpy(y, src, D*sizeof(float));
         } else {
             const ggml_fp16_t * h = (const ggml_fp16_t *) src;
