@@ -27,6 +27,7 @@ class Shape:
     n_layer: int = 4
     n_ctx: int = 4096
     n_embd: int = 128  # independent of n_head * head_dim (llama.cpp reads key/value lengths), keeps files small
+    swa: bool = False  # cohere2: sliding-window layers (window 64) but every fourth: an iSWA cache
 
 
 SHAPES = {s.name: s for s in (
@@ -37,6 +38,7 @@ SHAPES = {s.name: s for s in (
     Shape("gqa8-d128", n_head=8, n_head_kv=1, head_dim=128),
     Shape("mha-d256", n_head=2, n_head_kv=2, head_dim=256, n_layer=3),
     Shape("gqa2-d80", n_head=4, n_head_kv=2, head_dim=80),  # head_dim not a power of two
+    Shape("swa-mha-d64", n_head=2, n_head_kv=2, head_dim=64, n_layer=8, swa=True),  # n_head*head_dim = n_embd
 )}
 
 CHARS = [chr(c) for c in range(0x21, 0x7F)]
@@ -58,7 +60,7 @@ def write_model(shape: Shape, path: str | Path, seed: int = 0) -> Path:
     toks, scores, types = vocab()
     n_vocab, e, hd = len(toks), shape.n_embd, shape.head_dim
     ff = 2 * e
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), "cohere2" if shape.swa else "llama")
     w.add_name(f"tiny-random-{shape.name}")
     w.add_context_length(shape.n_ctx)
     w.add_embedding_length(e)
@@ -71,6 +73,11 @@ def write_model(shape: Shape, path: str | Path, seed: int = 0) -> Path:
     w.add_rope_dimension_count(hd)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
+    if shape.swa:
+        # cohere2's default pattern: layers 3 and 7 attend to the whole context (the ones Adamas serves)
+        w.add_logit_scale(1.0)
+        w.add_sliding_window(64)
+        w.add_layer_norm_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     w.add_tokenizer_model("llama")
     w.add_token_list(toks)
@@ -88,11 +95,13 @@ def write_model(shape: Shape, path: str | Path, seed: int = 0) -> Path:
 
     t("token_embd.weight", n_vocab, e, scale=1.0)
     t("output_norm.weight", e, f16=False, ones=True)
-    t("output.weight", n_vocab, e)
+    if not shape.swa:  # cohere2 ties the output to the embeddings and has a parallel block (no ffn_norm)
+        t("output.weight", n_vocab, e)
     for i in range(shape.n_layer):
         b = f"blk.{i}."
         t(b + "attn_norm.weight", e, f16=False, ones=True)
-        t(b + "ffn_norm.weight", e, f16=False, ones=True)
+        if not shape.swa:
+            t(b + "ffn_norm.weight", e, f16=False, ones=True)
         # larger q/k weights than usual give peaked attention, so that which tokens are attended matters
         t(b + "attn_q.weight", shape.n_head * hd, e, scale=0.1)
         t(b + "attn_k.weight", shape.n_head_kv * hd, e, scale=0.1)

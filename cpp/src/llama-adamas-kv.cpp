@@ -7,6 +7,7 @@
 #include "llama-hparams.h"
 #include "llama-impl.h"
 #include "llama-kv-cache.h"
+#include "llama-kv-cache-iswa.h"
 
 #include "ggml-adamas.h"
 #include "ggml-backend.h"
@@ -148,16 +149,26 @@ bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
     return true;
 }
 
+const llama_kv_cache * llama_adamas_kv::kv_of(const llama_context * lctx) {
+    llama_memory_i * mem = lctx->get_memory();
+    if (const auto * kv = dynamic_cast<const llama_kv_cache *>(mem)) {
+        return kv;
+    }
+    if (const auto * iswa = dynamic_cast<const llama_kv_cache_iswa *>(mem)) {
+        return iswa->get_base();
+    }
+    return nullptr;
+}
+
 const llama_adamas_kv_state * llama_adamas_kv::state(const llama_context * lctx) {
-    const auto * kv = dynamic_cast<const llama_kv_cache *>(lctx->get_memory());
+    const auto * kv = kv_of(lctx);
     return kv ? &kv->adamas : nullptr;
 }
 
 const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
-    const auto * kv = dynamic_cast<const llama_kv_cache *>(lctx->get_memory());
+    const auto * kv = kv_of(lctx);
     if (!kv) {
-        return "the model's memory is not a single standard KV cache (recurrent, hybrid and sliding-window "
-               "models are not served yet)";
+        return "the model's memory is not a KV cache (recurrent and hybrid models are not served)";
     }
     if (!kv->adamas.reason.empty()) {
         return kv->adamas.reason.c_str();
@@ -183,7 +194,7 @@ int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
     if (p.budget <= 0 || unavailable_reason(lctx) != nullptr) {
         return 0;
     }
-    const auto * kv = dynamic_cast<const llama_kv_cache *>(lctx->get_memory());
+    const auto * kv = kv_of(lctx);
     int32_t n = 0;
     for (const auto & layer : kv->layers) {
         n += layer.c && (int32_t) layer.il >= p.n_dense;
@@ -192,7 +203,7 @@ int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
 }
 
 int64_t llama_adamas_kv::verify(llama_context * lctx) {
-    auto * kv = dynamic_cast<llama_kv_cache *>(lctx->get_memory());
+    const auto * kv = kv_of(lctx);
     if (!kv) {
         return -1;
     }
@@ -297,7 +308,9 @@ bool llama_adamas_kv::input::decide_sparse(const llama_kv_cache_context * mctx, 
 }
 
 bool llama_adamas_kv::input::can_reuse(const llm_graph_params & params) {
-    mctx = static_cast<const llama_kv_cache_context *>(params.mctx);
+    // the layers Adamas serves are those of a plain KV cache, or the non-SWA part of an iSWA cache
+    const auto * iswa = dynamic_cast<const llama_kv_cache_iswa_context *>(params.mctx);
+    mctx = iswa ? iswa->get_base() : static_cast<const llama_kv_cache_context *>(params.mctx);
     return decide_sparse(mctx, params.ubatch, p) == sparse;
 }
 
@@ -351,7 +364,10 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
 
 ggml_tensor * llama_adamas_kv::build_attn(
         const llm_graph_context & g,
-        llm_graph_input_attn_kv * inp,
+        const llama_kv_cache_context * mctx,
+        ggml_tensor * k_idxs,
+        ggml_tensor * k_rot,
+        llm_graph_input_i ** slot,
         ggml_tensor * q_cur,
         ggml_tensor * k_cur,
         ggml_tensor * k,
@@ -362,7 +378,6 @@ ggml_tensor * llama_adamas_kv::build_attn(
         float         kq_scale,
         int           il) {
     const llama_adamas_params & p = g.cparams.adamas;
-    const llama_kv_cache_context * mctx = inp->mctx;
     const llama_kv_cache * kv = mctx->kv;
     auto & st = kv->adamas;
 
@@ -408,9 +423,11 @@ ggml_tensor * llama_adamas_kv::build_attn(
     }
 
     ggml_context * ctx0 = g.ctx0;
-    const bool skip_wht = inp->self_k_rot != nullptr; // q and k are already Hadamard-rotated (nrot == D)
+    const bool skip_wht = k_rot != nullptr; // q and k are already Hadamard-rotated (nrot == D)
 
-    // codes of this ubatch's keys, at K's cells
+    // codes of this ubatch's keys, at K's cells (a layer that reuses another's cache reads its codes)
+    ggml_tensor * c_written = c;
+    if (k_cur) {
     ggml_tensor * c2d = c;
     if (c->ne[2] > 1) {
         c2d = ggml_reshape_2d(ctx0, c, c->ne[0], c->ne[1]*c->ne[2]);
@@ -423,23 +440,24 @@ ggml_tensor * llama_adamas_kv::build_attn(
         k_enc = ggml_cast(ctx0, ggml_is_contiguous(k_cur) ? k_cur : ggml_cont(ctx0, k_cur), type_k);
         k_enc = ggml_cast(ctx0, k_enc, GGML_TYPE_F32);
     }
-    ggml_tensor * c_written = ggml_adamas_encode_set_rows(ctx0, c2d, k_enc, inp->get_k_idxs(),
+    c_written = ggml_adamas_encode_set_rows(ctx0, c2d, k_enc, k_idxs,
             (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, skip_wht);
     ggml_adamas_encode_set_round_f16(c_written, type_k == GGML_TYPE_F16); // F16 caches: no cast node
     ggml_build_forward_expand(g.gf, c_written);
+    }
 
     // one input object per graph (made at the first layer that gets here)
-    auto * ai = static_cast<llama_adamas_kv::input *>(inp->adamas);
+    auto * ai = static_cast<llama_adamas_kv::input *>(*slot);
     if (!ai) {
         auto obj = std::make_unique<llama_adamas_kv::input>(mctx, p, g.cparams.causal_attn,
                 llama_adamas_kv::input::decide_sparse(mctx, g.ubatch, p));
         if (obj->sparse && (p.n_sink > 0 || p.n_recent > 0)) {
-            obj->sel_mask = ggml_new_tensor(ctx0, inp->self_kq_mask->type, 4, inp->self_kq_mask->ne);
+            obj->sel_mask = ggml_new_tensor(ctx0, kq_mask->type, 4, kq_mask->ne);
             ggml_set_input(obj->sel_mask);
             ggml_set_name(obj->sel_mask, "adamas_sel_mask");
         }
         ai = static_cast<llama_adamas_kv::input *>(g.res->add_input(std::move(obj)));
-        inp->adamas = ai;
+        *slot = ai;
     }
     if (!ai->sparse || il < p.n_dense) {
         return nullptr;

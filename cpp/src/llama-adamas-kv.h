@@ -13,7 +13,7 @@ struct llama_hparams;
 struct llama_cparams;
 struct llama_ubatch;
 struct llm_graph_context;
-class  llm_graph_input_attn_kv;
+class  llm_graph_input_i;
 class  llama_kv_cache;
 class  llama_kv_cache_context;
 struct llama_context;
@@ -48,12 +48,17 @@ struct llama_adamas_kv {
     static int32_t      n_sparse_layers(const llama_context * lctx);
     static int64_t      verify(llama_context * lctx);
 
-    // ---- llm_graph_context::build_attn hook ----
-    // Writes this ubatch's key codes and, for a decode step of a sparse layer, builds the Adamas attention
-    // (NULL: the caller builds dense attention).
+    // ---- llm_graph_context::build_attn hooks (KV cache, and the non-SWA layers of an iSWA cache) ----
+    // Writes this ubatch's key codes (k_cur NULL: the layer reuses another layer's cache) and, for a decode
+    // step of a sparse layer, builds the Adamas attention (NULL: the caller builds dense attention).
+    //   mctx, k_idxs, k_rot, kq_mask: the layer's cache context and graph inputs; slot: where the graph
+    //   keeps its one Adamas input (a member of the attention input)
     static ggml_tensor * build_attn(
             const llm_graph_context & g,
-            llm_graph_input_attn_kv * inp,
+            const llama_kv_cache_context * mctx,
+            ggml_tensor * k_idxs,
+            ggml_tensor * k_rot,
+            llm_graph_input_i ** slot,
             ggml_tensor * q_cur,
             ggml_tensor * k_cur,
             ggml_tensor * k,
@@ -63,4 +68,7 @@ struct llama_adamas_kv {
             ggml_tensor * sinks,
             float         kq_scale,
             int           il);
+
+    // the plain KV cache of a context: its own, or the non-SWA part of an iSWA cache (NULL: neither)
+    static const llama_kv_cache * kv_of(const llama_context * lctx);
 };
