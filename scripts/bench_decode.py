@@ -4,7 +4,9 @@
 For each context length: prefill that many tokens once (dense), save the state, then for each budget load
 the state and time greedy decode steps. Prints a markdown table with tokens/s and the ratio to dense.
 
-    python scripts/bench_decode.py [MODEL] --ctx 200 2048 4096 7600 --budget 0 64 256 --steps 32
+    python scripts/bench_decode.py [MODEL] --ctx 2048 4096 7600 --budget 0 64 256 --steps 32
+    python scripts/bench_decode.py --within 200 --budget 256   # context within the budget: dense vs budget,
+                                                             # alternating rounds (the overhead is small)
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32, help="timed decode steps per budget")
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds per budget (the median is shown)")
     ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--within", type=int, metavar="N",
+                    help="only compare dense with the largest budget at a context of N tokens (<= that budget), "
+                         "in 8 alternating rounds")
     a = ap.parse_args()
 
     from adamas_gguf import Llama
@@ -35,6 +40,9 @@ def main() -> None:
     all_toks = llm.tokenize(text.encode())
 
     budgets = [0] + [b for b in a.budget if b != 0]
+    if a.within:
+        within(llm, all_toks[:a.within], max(budgets), a.steps)
+        return
     rows = []
     for n in a.ctx:
         toks = all_toks[:n]
@@ -66,6 +74,27 @@ def main() -> None:
         d = sp[0][0]
         cells = [f"{sp[0][0]:.1f} t/s"] + [f"{sp[b][0]:.1f} t/s ({sp[b][0] / d:.2f}x)" for b in budgets[1:]]
         print(f"| {n} | " + " | ".join(cells) + " |")
+
+
+def within(llm, toks: list[int], budget: int, steps: int) -> None:
+    if budget < len(toks) + steps:
+        raise SystemExit(f"--within: the budget {budget} must cover the context ({len(toks)} + {steps} steps)")
+    llm.reset()
+    llm.eval(toks)
+    state = llm.save_state()
+    runs: dict[int, list[float]] = {0: [], budget: []}
+    for _ in range(8):
+        for b in runs:
+            llm.set_adamas(budget=b)
+            llm.load_state(state)
+            llm.eval([llm.sample(temp=0)])
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                llm.eval([llm.sample(temp=0)])
+            runs[b].append(steps / (time.perf_counter() - t0))
+    d, s = statistics.median(runs[0]), statistics.median(runs[budget])
+    print(f"context {len(toks)}: dense {d:.1f} t/s, budget {budget} {s:.1f} t/s ({s / d:.3f}x, "
+          f"{llm.adamas_sparse_steps} sparse steps)")
 
 
 if __name__ == "__main__":
