@@ -38,6 +38,18 @@ static const char * adamas_layer_reason(const llama_hparams & hp, uint32_t il) {
     return nullptr;
 }
 
+// Why Adamas cannot use the code tensor c of a context with these parameters (NULL: it can).
+static const char * adamas_cache_reason(const llama_cparams & cp, const ggml_tensor * c) {
+    if (!cp.flash_attn) {
+        return "flash attention is off (Adamas reads V untransposed)";
+    }
+    if (c->buffer && !ggml_backend_buffer_is_host(c->buffer)) {
+        // the Adamas ops have CPU kernels only so far: never let the scheduler copy the cache to the CPU
+        return "the KV cache is on a device without Adamas kernels";
+    }
+    return nullptr;
+}
+
 ggml_tensor * llama_adamas_kv::new_codes(ggml_context * ctx, const llama_hparams & hp, uint32_t il, uint32_t kv_size, uint32_t n_stream) {
     if (adamas_layer_reason(hp, il) != nullptr) {
         return nullptr;
@@ -173,16 +185,12 @@ const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
     if (!kv->adamas.reason.empty()) {
         return kv->adamas.reason.c_str();
     }
-    if (!lctx->get_cparams().flash_attn) {
-        return "flash attention is off (Adamas reads V untransposed)";
-    }
     for (const auto & layer : kv->layers) {
-        if (layer.c && layer.c->buffer && !ggml_backend_buffer_is_host(layer.c->buffer)) {
-            return "the KV cache is on a device without Adamas kernels";
-        }
-        if (!layer.c) {
+        const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), layer.c)
+                                   : adamas_layer_reason(kv->hparams, layer.il);
+        if (why) {
             static thread_local std::string msg;
-            msg = std::string("layer ") + std::to_string(layer.il) + ": " + adamas_layer_reason(kv->hparams, layer.il);
+            msg = std::string("layer ") + std::to_string(layer.il) + ": " + why;
             return msg.c_str();
         }
     }
@@ -343,8 +351,16 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
                     vis.emplace_back(cells.pos_get(c), c);
                 }
             }
-            std::sort(vis.begin(), vis.end());
+            // positions within a sequence are distinct: the oldest n_sink and the newest n_recent, O(n)
             const int64_t n = vis.size();
+            const int64_t n_sink = std::min<int64_t>(p.n_sink, n);
+            const int64_t n_recent = std::min<int64_t>(p.n_recent, n);
+            if (n_sink > 0 && n_sink < n) {
+                std::nth_element(vis.begin(), vis.begin() + n_sink - 1, vis.end());
+            }
+            if (n_recent > 0 && n_recent < n - n_sink) {
+                std::nth_element(vis.begin() + n_sink, vis.end() - n_recent, vis.end());
+            }
             auto keep = [&](int64_t i) {
                 if (f16) {
                     ((ggml_fp16_t *) row)[vis[i].second] = ggml_fp32_to_fp16(INFINITY);
@@ -352,14 +368,30 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
                     ((float *) row)[vis[i].second] = INFINITY;
                 }
             };
-            for (int64_t i = 0; i < std::min<int64_t>(p.n_sink, n); ++i) {
+            for (int64_t i = 0; i < n_sink; ++i) {
                 keep(i);
             }
-            for (int64_t i = std::max<int64_t>(0, n - p.n_recent); i < n; ++i) {
+            for (int64_t i = n - n_recent; i < n; ++i) {
                 keep(i);
             }
         }
     }
+}
+
+// Writes the codes of k_cur into the code tensor c at the cells k_idxs; returns the write (a view of c).
+// The keys are encoded as a type_k cache stores them (rounded to F16, or quantized), so that codes rebuilt
+// from the cache after a shift or a state load are the same bits.
+static ggml_tensor * adamas_write_codes(ggml_context * ctx, ggml_tensor * c, ggml_tensor * k_cur, ggml_tensor * k_idxs,
+        ggml_type type_k, const llama_adamas_params & p, bool skip_wht) {
+    ggml_tensor * c2d = c->ne[2] > 1 ? ggml_reshape_2d(ctx, c, c->ne[0], c->ne[1]*c->ne[2]) : c; // idxs are global
+    ggml_tensor * k_enc = k_cur;
+    if (type_k != GGML_TYPE_F32 && type_k != GGML_TYPE_F16) {
+        k_enc = ggml_cast(ctx, ggml_is_contiguous(k_cur) ? k_cur : ggml_cont(ctx, k_cur), type_k);
+        k_enc = ggml_cast(ctx, k_enc, GGML_TYPE_F32);
+    }
+    ggml_tensor * w = ggml_adamas_encode_set_rows(ctx, c2d, k_enc, k_idxs, (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, skip_wht);
+    ggml_adamas_encode_set_round_f16(w, type_k == GGML_TYPE_F16); // F16 caches: no cast node
+    return w;
 }
 
 ggml_tensor * llama_adamas_kv::build_attn(
@@ -399,24 +431,18 @@ ggml_tensor * llama_adamas_kv::build_attn(
     const char * reason = nullptr;
     if (!c) {
         reason = adamas_layer_reason(g.hparams, il);
-    } else if (!g.cparams.flash_attn) {
-        reason = "flash attention is off (Adamas reads V untransposed)";
     } else if (kq_b || sinks) {
         reason = kq_b ? "attention bias (kq_b)" : "attention sinks";
     } else if (g.arch == LLM_ARCH_GROK) {
         reason = "Grok attention";
     } else if (v->nb[1] > v->nb[2]) {
         reason = "transposed V cache";
-    } else if (c->buffer && !ggml_backend_buffer_is_host(c->buffer)) {
-        // the Adamas ops have CPU kernels only so far: never let the scheduler copy the cache to the CPU
-        reason = "the KV cache is on a device without Adamas kernels";
+    } else {
+        reason = adamas_cache_reason(g.cparams, c);
     }
     if (reason) {
-        if (!st.logged) {
-            LLAMA_LOG_WARN("%s: Adamas off for layer %d (%s): it decodes dense\n", __func__, il, reason);
-            st.logged = true;
-        }
         if (st.reason.empty()) {
+            LLAMA_LOG_WARN("%s: Adamas off for layer %d (%s): it decodes dense\n", __func__, il, reason);
             st.reason = std::string("layer ") + std::to_string(il) + ": " + reason;
         }
         return nullptr;
@@ -428,22 +454,8 @@ ggml_tensor * llama_adamas_kv::build_attn(
     // codes of this ubatch's keys, at K's cells (a layer that reuses another's cache reads its codes)
     ggml_tensor * c_written = c;
     if (k_cur) {
-    ggml_tensor * c2d = c;
-    if (c->ne[2] > 1) {
-        c2d = ggml_reshape_2d(ctx0, c, c->ne[0], c->ne[1]*c->ne[2]);
-    }
-    // Encode the keys as the cache stores them (rounded to F16 or quantized), so that codes rebuilt from
-    // the cache after a shift or a state load are the same bits.
-    const ggml_type type_k = kv->layers[ikv->second].k->type;
-    ggml_tensor * k_enc = k_cur;
-    if (type_k != GGML_TYPE_F32 && type_k != GGML_TYPE_F16) {
-        k_enc = ggml_cast(ctx0, ggml_is_contiguous(k_cur) ? k_cur : ggml_cont(ctx0, k_cur), type_k);
-        k_enc = ggml_cast(ctx0, k_enc, GGML_TYPE_F32);
-    }
-    c_written = ggml_adamas_encode_set_rows(ctx0, c2d, k_enc, k_idxs,
-            (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, skip_wht);
-    ggml_adamas_encode_set_round_f16(c_written, type_k == GGML_TYPE_F16); // F16 caches: no cast node
-    ggml_build_forward_expand(g.gf, c_written);
+        c_written = adamas_write_codes(ctx0, c, k_cur, k_idxs, kv->layers[ikv->second].k->type, p, skip_wht);
+        ggml_build_forward_expand(g.gf, c_written);
     }
 
     // one input object per graph (made at the first layer that gets here)

@@ -21,9 +21,8 @@ struct llama_context;
 // Adamas state of one llama_kv_cache (a member of it).
 struct llama_adamas_kv_state {
     bool        stale          = false; // K holds cells whose codes were not written (or were invalidated)
-    bool        logged         = false; // the one "Adamas off" log line was printed
     int64_t     n_sparse_steps  = 0;    // ubatches decoded with sparse attention
-    std::string reason;                 // why Adamas cannot serve (empty: it can)
+    std::string reason;                 // why a layer decodes dense (empty: none found yet); logged once, when set
 };
 
 struct llama_adamas_kv {
