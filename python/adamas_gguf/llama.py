@@ -1,6 +1,7 @@
 """`adamas_gguf.Llama`: llama_cpp.Llama running on our libraries, with the Adamas parameters."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 from . import _lib
@@ -9,7 +10,7 @@ from .adamas import AdamasParams
 from .gguf_check import check_gguf
 
 _D = AdamasParams  # its class attributes are the field defaults (the library's defaults)
-ADAMAS_KEYWORDS = ("budget", "n_dense", "thr_mode", "thr_q", "thr_k", "select", "n_sink", "n_recent")
+ADAMAS_KEYWORDS = tuple(f.name for f in dataclasses.fields(AdamasParams))
 
 
 def _resolve(adamas: Optional[AdamasParams], keywords: dict) -> AdamasParams:
