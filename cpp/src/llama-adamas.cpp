@@ -98,7 +98,14 @@ const char * llama_adamas_unavailable_reason(const struct llama_context * ctx) {
 
 void llama_context::adamas_set(const llama_adamas_params & p) {
     const bool changed = memcmp(&cparams.adamas, &p, sizeof(p)) != 0;
+    // stored key codes depend on the key thresholds: new ones make them stale (re-encoded at the next update)
+    const bool recode = p.thr_mode != cparams.adamas.thr_mode || p.thr_k != cparams.adamas.thr_k;
     cparams.adamas = p;
+    if (recode) {
+        if (const llama_kv_cache * kv = llama_adamas_kv::kv_of(this)) {
+            llama_adamas_kv::invalidate(*kv);
+        }
+    }
     if (changed) {
         // the budget and the dense layers change the decode graph's shape
         sched_need_reserve = true;

@@ -232,14 +232,29 @@ def build_parser() -> _Parser:
                    help="show llama.cpp's log on stderr, and the Adamas parameters and sparse step count "
                         "(default: quiet)")
 
+    add_adamas_args(run, multi_budget=False)
+
+    from . import eval_cli
+    eval_cli.add_parsers(sub)
+    return top
+
+
+def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
+    """The Adamas flags; `multi_budget`: --budget takes several budgets >= 1 (eval, bench: dense, budget 0,
+    is always run as the reference), otherwise one, 0 = dense (run)."""
     from .adamas import AdamasParams as D, SELECT_MODES, THR_MODES  # class attributes: the defaults
-    g = run.add_argument_group(
+    g = p.add_argument_group(
         "adamas", "Adamas sparse attention: at each decode step, the layers from --dense-layers on attend only\n"
                   "the --budget cached tokens whose 2-bit Hadamard codes are nearest the query's. Prefill, and\n"
                   "steps whose context fits in the budget, stay dense and exact.")
-    g.add_argument("--budget", type=_int_type(0, INT32_MAX, " tokens"), default=D.budget, metavar="N",
-                   help=f"tokens attended per head in a sparse decode step; 0 = dense attention, Adamas "
-                        f"off (default: {D.budget})")
+    if multi_budget:
+        g.add_argument("--budget", type=_int_type(1, INT32_MAX, " tokens"), nargs="+", required=True,
+                       metavar="N", help="the budgets to evaluate, tokens attended per head in a sparse "
+                                         "decode step (dense attention is always run too, as the reference)")
+    else:
+        g.add_argument("--budget", type=_int_type(0, INT32_MAX, " tokens"), default=D.budget, metavar="N",
+                       help=f"tokens attended per head in a sparse decode step; 0 = dense attention, Adamas "
+                            f"off (default: {D.budget})")
     g.add_argument("--dense-layers", type=_int_type(0, INT32_MAX, " layers"), default=D.n_dense, metavar="N",
                    help=f"the first N layers stay dense (default: {D.n_dense})")
     g.add_argument("--thr-mode", choices=list(THR_MODES), default=D.thr_mode,
@@ -258,7 +273,6 @@ def build_parser() -> _Parser:
                         f"(default: {D.n_sink})")
     g.add_argument("--recent", type=_int_type(0, INT32_MAX, " tokens"), default=D.n_recent, metavar="N",
                    help=f"always attend the N most recent tokens, inside the budget (default: {D.n_recent})")
-    return top
 
 
 def adamas_params(args, parser: argparse.ArgumentParser):
@@ -556,7 +570,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("no command given; use `run` (see --help)")
         if args.command == "run":  # before anything is loaded: a usage error costs nothing
             args.adamas = adamas_params(args, parser)
-        return run(args)
+            return run(args)
+        from . import eval_cli
+        return eval_cli.main(args, parser)
     except UserError as e:
         print_error(e)
         return EXIT_ERROR

@@ -58,7 +58,8 @@ class _Reader:
 
 
 def check_gguf(path: str | os.PathLike) -> dict:
-    """Validate `path`; return {"version", "n_tensors", "architecture"}; raise GGUFError otherwise."""
+    """Validate `path`; return {"version", "n_tensors", "architecture", "context_length"} (the last None
+    if the file does not say); raise GGUFError otherwise."""
     p = Path(path)
     if not p.exists():
         raise GGUFError(f"{p}: no such file")
@@ -79,7 +80,7 @@ def check_gguf(path: str | os.PathLike) -> dict:
         n_tensors, n_kv = r.unpack("Q"), r.unpack("Q")
         if n_tensors > size or n_kv > size:
             raise GGUFError(f"{p}: corrupt GGUF header")
-        alignment, arch = 32, None
+        alignment, arch, ctx_lens = 32, None, {}
         for _ in range(n_kv):
             key, vtype = r.string(), r.unpack("I")
             val = r.value(vtype)
@@ -87,6 +88,8 @@ def check_gguf(path: str | os.PathLike) -> dict:
                 alignment = val
             elif key == "general.architecture":
                 arch = val
+            elif key.endswith(".context_length") and isinstance(val, int):
+                ctx_lens[key] = val
         end = 0
         for _ in range(n_tensors):
             name = r.string()
@@ -106,4 +109,5 @@ def check_gguf(path: str | os.PathLike) -> dict:
         data_start = -(-f.tell() // alignment) * alignment
     if data_start + end > size:
         raise GGUFError(f"{p}: truncated GGUF ({size} bytes; its tensors need {data_start + end})")
-    return {"version": version, "n_tensors": n_tensors, "architecture": arch}
+    return {"version": version, "n_tensors": n_tensors, "architecture": arch,
+            "context_length": ctx_lens.get(f"{arch}.context_length")}

@@ -1,0 +1,153 @@
+"""Writing an evaluation's results: a markdown table, a JSON file and a PNG plot (matplotlib, optional:
+`pip install adamas_gguf[eval]`). Without matplotlib the markdown and JSON are still written and
+`write_png` says why no PNG was made."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+
+class NoMatplotlib(RuntimeError):
+    """matplotlib is not installed: no PNG."""
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: Optional[str] = None) -> str:
+    """A markdown table; `align` one character per column, 'l' or 'r' (default: first left, rest right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    try:
+        import numpy as np
+        if isinstance(x, np.ndarray):
+            return [round(float(v), 6) for v in x]
+        if isinstance(x, np.generic):
+            return x.item()
+    except ImportError:
+        pass
+    raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise NoMatplotlib("matplotlib is not installed (pip install matplotlib, or adamas_gguf[eval])") from None
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def write_png(path: Path, draw: Callable) -> None:
+    """Calls draw(plt, fig) on a new figure and saves it; raises NoMatplotlib without matplotlib."""
+    plt = _pyplot()
+    fig = plt.figure(figsize=(7.5, 4.5), dpi=100)
+    try:
+        draw(plt, fig)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# the three reports
+
+
+def passkey_markdown(rows: list, lengths: Sequence[int], meta: dict) -> str:
+    header = ["configuration", "budget"] + [f"{n} tok" for n in lengths] + ["all", "= dense"]
+    dense = next(r for r in rows if r["budget"] == 0)
+    out = []
+    for r in rows:
+        cells = [f"{r['per_length'][str(n)][0]}/{r['per_length'][str(n)][1]}" for n in lengths]
+        same = "" if r["budget"] == 0 else ("yes" if r.get("equals_dense") else "no")
+        out.append([r["name"], r["budget"] or "dense", *cells, f"{r['found']}/{r['trials']}", same])
+    return (f"Passkey retrieval, {meta['model']}: {meta['n_depths']} depths per length, seed {meta['seed']}; "
+            f"the last {meta['tail_chars']} characters of each prompt fed token by token, then up to "
+            f"{meta['answer_tokens']} greedy tokens. Dense found {dense['found']}/{dense['trials']}. "
+            "\"= dense\": found exactly where dense found.\n\n" + md_table(header, out))
+
+
+def passkey_plot(rows: list, lengths: Sequence[int]):
+    def draw(plt, fig):
+        ax = fig.add_subplot(1, 1, 1)
+        dense = next(r for r in rows if r["budget"] == 0)
+        ax.axhline(100 * dense["found"] / dense["trials"], color="black", ls="--", label="dense")
+        for name in dict.fromkeys(r["name"] for r in rows if r["budget"]):
+            rs = sorted((r for r in rows if r["name"] == name and r["budget"]), key=lambda r: r["budget"])
+            ax.plot([r["budget"] for r in rs], [100 * r["found"] / r["trials"] for r in rs], marker="o",
+                    label=name)
+        ax.set_xscale("log", base=2)
+        budgets = sorted({r["budget"] for r in rows if r["budget"]})
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("budget (tokens per head)")
+        ax.set_ylabel("passkey found (%)")
+        ax.set_ylim(-5, 105)
+        ax.set_title(f"passkey retrieval, lengths {', '.join(map(str, lengths))}")
+        ax.legend(fontsize=7)
+    return draw
+
+
+def ppl_markdown(runs: list, meta: dict) -> str:
+    dense = next(r for r in runs if r["budget"] == 0)["ppl"]
+    rows = [[r["name"], r["budget"] or "dense", f"{r['ppl']:.4f}",
+             "" if r["budget"] == 0 else f"{100 * (r['ppl'] / dense - 1):+.2f}%", r["sparse_steps"]]
+            for r in runs]
+    return (f"Perplexity, {meta['model']}, {meta['text']}: {meta['n_tokens']} tokens, every token after the "
+            f"first fed alone ({meta['n_tokens'] - 1} predictions, each by a decode step).\n\n"
+            + md_table(["configuration", "budget", "ppl", "vs dense", "sparse steps"], rows))
+
+
+def ppl_plot(runs: list):
+    def draw(plt, fig):
+        import numpy as np
+        ax = fig.add_subplot(1, 1, 1)
+        for r in runs:
+            nll = np.asarray(r["nll"], dtype=np.float64)
+            running = np.exp(np.cumsum(nll) / np.arange(1, len(nll) + 1))
+            ax.plot(np.arange(2, len(nll) + 2), running, lw=1.2 if r["budget"] else 2.0,
+                    color="black" if r["budget"] == 0 else None, label=r["config"])
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("cumulative perplexity")
+        ax.set_xscale("log")
+        ax.set_title("perplexity, token by token")
+        ax.legend(fontsize=7)
+    return draw
+
+
+def bench_markdown(rows: list, budgets: Sequence[int], meta: dict) -> str:
+    header = ["context", "dense"] + [f"budget {b}" for b in budgets]
+    out = []
+    for r in rows:
+        d = r["tps"]["0"]
+        cells = [f"{d:.1f} t/s"] + [f"{r['tps'][str(b)]:.1f} t/s ({r['tps'][str(b)] / d:.2f}x)" for b in budgets]
+        out.append([r["ctx"], *cells])
+    return (f"Decode speed, {meta['model']}, {meta['threads']} threads: after a dense prefill of the context, "
+            f"{meta['rounds']} interleaved rounds of {meta['steps']} greedy decode steps per setting; "
+            "median tokens/s (ratio to dense).\n\n" + md_table(header, out))
+
+
+def bench_plot(rows: list, budgets: Sequence[int]):
+    def draw(plt, fig):
+        ax = fig.add_subplot(1, 1, 1)
+        x = [r["ctx"] for r in rows]
+        ax.plot(x, [r["tps"]["0"] for r in rows], marker="o", color="black", label="dense")
+        for b in budgets:
+            ax.plot(x, [r["tps"][str(b)] for r in rows], marker="o", label=f"budget {b}")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("decode tokens/s")
+        ax.set_ylim(bottom=0)
+        ax.set_title("decode speed")
+        ax.legend(fontsize=8)
+    return draw
+
