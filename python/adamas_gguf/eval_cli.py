@@ -143,8 +143,6 @@ def _meta(args, path: str, llm, configs) -> dict:
 def _write(prefix: str, md: str, data: dict, draw) -> None:
     from . import report
     out = Path(prefix)
-    if out.parent and not out.parent.is_dir():
-        raise UserError(f"{out.parent}: no such folder for the output files (-o {prefix})")
     files = [out.with_name(out.name + ".md"), out.with_name(out.name + ".json")]
     try:
         files[0].write_text(md)
@@ -177,6 +175,9 @@ def main(args, parser) -> int:
         configs = ev.make_configs(base, args.budget, getattr(args, "variant", []))
     except ev.EvalError as e:
         parser.error(str(e))
+    folder = Path(args.output).parent
+    if not folder.is_dir():  # before hours of work, not after
+        raise UserError(f"{folder}: no such folder for the output files (-o {args.output})")
     path = cli._model_path(args)
     cli._install_log(args.verbose)
     n_train = _n_ctx_train(path)
