@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 // ---- eligibility ------------------------------------------------------------------------------------------
@@ -38,16 +39,62 @@ static const char * adamas_layer_reason(const llama_hparams & hp, uint32_t il) {
     return nullptr;
 }
 
-// Why Adamas cannot use the code tensor c of a context with these parameters (NULL: it can).
-static const char * adamas_cache_reason(const llama_cparams & cp, const ggml_tensor * c) {
+// Why the device holding a layer's cache cannot run the Adamas ops at these parameters (NULL: it can). The
+// scheduler would otherwise run an unsupported op on the CPU and copy the whole cache there every token, so
+// the ops are built once on probe tensors of the layer's shapes and types and put to the device.
+static const char * adamas_device_reason(const llama_adamas_params & p, const llama_hparams & hp, uint32_t il,
+                                         const ggml_tensor * c, const ggml_tensor * k, const ggml_tensor * v) {
+    if (!c->buffer || ggml_backend_buffer_is_host(c->buffer)) {
+        return nullptr; // the CPU backend runs every Adamas op
+    }
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(c->buffer));
+    if (!dev) {
+        return "the KV cache is on a device without Adamas kernels";
+    }
+    const int64_t D      = hp.n_embd_head_k(il);
+    const int64_t n_head = hp.n_head(il);
+    const int64_t n_hkv  = hp.n_head_kv(il);
+    const int64_t n_kv   = 256;
+
+    ggml_init_params ip = { 16*ggml_tensor_overhead(), nullptr, /*no_alloc*/ true };
+    ggml_context_ptr ctx(ggml_init(ip));
+    ggml_context * c0 = ctx.get();
+
+    const auto thr_mode = (ggml_adamas_thr_mode) p.thr_mode;
+    ggml_tensor * q     = ggml_new_tensor_3d(c0, GGML_TYPE_F32, D, n_head, 1);
+    ggml_tensor * kcur  = ggml_new_tensor_3d(c0, GGML_TYPE_F32, D, n_hkv, 1);
+    ggml_tensor * idxs  = ggml_new_tensor_1d(c0, GGML_TYPE_I64, 1);
+    ggml_tensor * codes = ggml_new_tensor_2d(c0, GGML_TYPE_I8, n_hkv*GGML_ADAMAS_CODE_SIZE(D), n_kv);
+    ggml_tensor * kc    = ggml_new_tensor_3d(c0, GGML_TYPE_I8, GGML_ADAMAS_CODE_SIZE(D), n_hkv, n_kv);
+    ggml_tensor * mask  = ggml_new_tensor_2d(c0, GGML_TYPE_F16, n_kv, 1);
+    ggml_tensor * kk    = ggml_new_tensor_3d(c0, k->type, D, n_kv, n_hkv);
+    ggml_tensor * vv    = ggml_new_tensor_3d(c0, v->type, hp.n_embd_head_v(il), n_kv, n_hkv);
+    ggml_tensor * qp    = ggml_new_tensor_3d(c0, GGML_TYPE_F32, D, 1, n_head);
+
+    ggml_tensor * enc_k = ggml_adamas_encode_set_rows(c0, codes, kcur, idxs, thr_mode, p.thr_k, false);
+    ggml_tensor * enc_q = ggml_adamas_encode(c0, q, thr_mode, p.thr_q, false);
+    ggml_tensor * sel   = ggml_adamas_select(c0, enc_q, kc, mask, std::max(1, p.budget),
+                                             (ggml_adamas_select_mode) p.select_mode);
+    ggml_tensor * attn  = ggml_adamas_attn(c0, qp, kk, vv, mask, sel, 1.0f, 0.0f);
+
+    for (ggml_tensor * op : { enc_k, enc_q, sel, attn }) {
+        if (!ggml_backend_dev_supports_op(dev, op)) {
+            static thread_local std::string msg;
+            msg = std::string(ggml_backend_dev_name(dev)) + " cannot run " + ggml_op_desc(op) + " for this layer (K " +
+                  ggml_type_name(k->type) + ", V " + ggml_type_name(v->type) + ", budget " + std::to_string(p.budget) + ")";
+            return msg.c_str();
+        }
+    }
+    return nullptr;
+}
+
+// Why Adamas cannot use layer il's cache (codes c, K, V) in a context with these parameters (NULL: it can).
+static const char * adamas_cache_reason(const llama_cparams & cp, const llama_hparams & hp, uint32_t il,
+                                        const ggml_tensor * c, const ggml_tensor * k, const ggml_tensor * v) {
     if (!cp.flash_attn) {
         return "flash attention is off (Adamas reads V untransposed)";
     }
-    if (c->buffer && !ggml_backend_buffer_is_host(c->buffer)) {
-        // the Adamas ops have CPU kernels only so far: never let the scheduler copy the cache to the CPU
-        return "the KV cache is on a device without Adamas kernels";
-    }
-    return nullptr;
+    return adamas_device_reason(cp.adamas, hp, il, c, k, v);
 }
 
 ggml_tensor * llama_adamas_kv::new_codes(ggml_context * ctx, const llama_hparams & hp, uint32_t il, uint32_t kv_size, uint32_t n_stream) {
@@ -186,7 +233,7 @@ const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
         return kv->adamas.reason.c_str();
     }
     for (const auto & layer : kv->layers) {
-        const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), layer.c)
+        const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), kv->hparams, layer.il, layer.c, layer.k, layer.v)
                                    : adamas_layer_reason(kv->hparams, layer.il);
         if (why) {
             static thread_local std::string msg;
@@ -438,7 +485,7 @@ ggml_tensor * llama_adamas_kv::build_attn(
     } else if (v->nb[1] > v->nb[2]) {
         reason = "transposed V cache";
     } else {
-        reason = adamas_cache_reason(g.cparams, c);
+        reason = adamas_cache_reason(g.cparams, g.hparams, il, c, kv->layers[ikv->second].k, kv->layers[ikv->second].v);
     }
     if (reason) {
         if (st.reason.empty()) {

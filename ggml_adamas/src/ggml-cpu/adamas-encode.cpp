@@ -102,11 +102,19 @@ void ggml_compute_forward_adamas_encode(const ggml_compute_params * params, ggml
 
         float t = thr;
         if (mode == GGML_ADAMAS_THR_RMS) {
-            float ss = 0.0f;
-            for (int d = 0; d < D; ++d) {
-                ss += y[d]*y[d];
+            // double, summed in 32 consecutive blocks of D/32 and then the block sums in order: the CUDA kernel
+            // (one warp per vector, a block per lane) sums in this order, so both give the same threshold
+            // (products of floats are exact in double, so a fused multiply-add changes nothing)
+            const int E = D/32;
+            double ss = 0.0;
+            for (int l = 0; l < 32; ++l) {
+                double p = 0.0;
+                for (int i = 0; i < E; ++i) {
+                    p += (double) y[l*E + i]*(double) y[l*E + i];
+                }
+                ss += p;
             }
-            t = thr*sqrtf(ss/(float) D);
+            t = (float) ((double) thr*sqrt(ss/(double) D));
         }
 
         uint8_t * out;

@@ -1,0 +1,427 @@
+// GGML_OP_ADAMAS_ATTN on CUDA: softmax attention of one query over the cells of its index row, reading those K
+// and V rows in place (F32, F16, BF16, Q8_0 or Q4_0, converted in registers). One block per index row and
+// query: in GROUP mode the row serves up to NG query heads of a KV head, so each selected K/V row is read once
+// for all of them. The slots are split over blocks (ADAMAS_ATTN_SLOTS each) so that even a few rows fill the
+// GPU; in a block each warp takes every NWARP-th group of U slots (their K and V loads issued together) with an
+// online softmax, and the warps merge in shared memory. With several splits a second kernel merges the splits'
+// (max, sum, accumulator) partials.
+
+#include "adamas-common.cuh"
+#ifndef ADAMAS_CUDA_STANDALONE
+#include "adamas-attn.cuh"
+#include "ggml-adamas.h"
+#endif
+
+#define ADAMAS_ATTN_NWARP 8
+#define ADAMAS_ATTN_U     4
+#define ADAMAS_ATTN_SLOTS 64   // slots per block (two rounds of U per warp)
+
+enum adamas_kv_type { ADAMAS_KV_F32, ADAMAS_KV_F16, ADAMAS_KV_BF16, ADAMAS_KV_Q8_0, ADAMAS_KV_Q4_0 };
+
+struct adamas_attn_args {
+    const char * q;    int64_t qnb1, qnb2, qnb3;          // F32 [D, n_q, n_head, ns]
+    const char * k;    int64_t knb1, knb2, knb3; int kt;  // [D, n_kv, n_head_kv, ns]
+    const char * v;    int64_t vnb1, vnb2, vnb3; int vt;
+    const char * mask; bool mask_f16; int64_t mnb1, mnb3, mne3;
+    const char * idx;  int64_t inb1, inb2, inb3;          // I32 [budget, n_head or n_head_kv, n_q, ns]
+    int     budget;
+    bool    per_head;
+    int64_t n_head, n_head_kv, n_gqa, n_q, ns, n_kv;
+    int64_t n_hb;                                          // head blocks per KV head (GROUP)
+    float   scale, softcap;
+    int     n_split;                                       // blocks per index row
+    float * part;                                          // n_split > 1: [n_head*n_q*ns][n_split][D + 2]
+    float * dst;                                           // F32 [D, n_head, n_q, ns], contiguous
+};
+
+// E consecutive values [e0, e0 + E) of a row, as float (the CPU kernel converts the same way)
+template <int E>
+static __device__ __forceinline__ void adamas_load_row(const char * row, int type, int e0, float (&x)[E]) {
+    switch (type) {
+        case ADAMAS_KV_F32: {
+#pragma unroll
+            for (int i = 0; i < E; ++i) {
+                x[i] = ((const float *) row)[e0 + i];
+            }
+        } break;
+        case ADAMAS_KV_F16: {
+            if constexpr (E % 2 == 0) {
+#pragma unroll
+                for (int i = 0; i < E; i += 2) {
+                    const float2 f = __half22float2(((const half2 *) row)[(e0 + i)/2]);
+                    x[i]     = f.x;
+                    x[i + 1] = f.y;
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < E; ++i) {
+                    x[i] = __half2float(((const half *) row)[e0 + i]);
+                }
+            }
+        } break;
+        case ADAMAS_KV_BF16: {
+#pragma unroll
+            for (int i = 0; i < E; ++i) {
+                x[i] = __uint_as_float((uint32_t) ((const uint16_t *) row)[e0 + i] << 16);
+            }
+        } break;
+        case ADAMAS_KV_Q8_0: {
+            // block of 32: f16 scale, 32 int8
+            const char * b = row + (e0/32)*34;
+            const float  d = __half2float(*(const half *) b);
+#pragma unroll
+            for (int i = 0; i < E; ++i) {
+                x[i] = (float) ((const int8_t *) (b + 2))[e0 % 32 + i]*d;
+            }
+        } break;
+        default: { // ADAMAS_KV_Q4_0: block of 32: f16 scale, 16 bytes (low nibbles: 0..15, high: 16..31)
+            const char * b = row + (e0/32)*18;
+            const float  d = __half2float(*(const half *) b);
+            const uint8_t * qs = (const uint8_t *) (b + 2);
+#pragma unroll
+            for (int i = 0; i < E; ++i) {
+                const int j = e0 % 32 + i;
+                const int q = j < 16 ? (qs[j] & 0x0F) : (qs[j - 16] >> 4);
+                x[i] = (float) (q - 8)*d;
+            }
+        } break;
+    }
+}
+
+template <int D, int NG>
+static __global__ void __launch_bounds__(ADAMAS_ATTN_NWARP*WARP_SIZE)
+adamas_attn_kernel(const adamas_attn_args a) {
+    constexpr int E = D/WARP_SIZE;
+    constexpr int U = ADAMAS_ATTN_U;
+
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int64_t iq    = blockIdx.z % a.n_q;
+    const int64_t is    = blockIdx.z / a.n_q;
+    const int     split = blockIdx.y;
+    const int     jb    = split*ADAMAS_ATTN_SLOTS;            // this block's slots: [jb, je)
+    const int     je    = min(a.budget, jb + ADAMAS_ATTN_SLOTS);
+
+    int64_t kvh, h0, irow;
+    int ng;
+    if (a.per_head) {
+        h0   = blockIdx.x;
+        kvh  = h0 / a.n_gqa;
+        irow = h0;
+        ng   = 1;
+    } else {
+        kvh  = blockIdx.x / a.n_hb;
+        h0   = kvh*a.n_gqa + (blockIdx.x % a.n_hb)*NG;
+        irow = kvh;
+        ng   = (int) min((int64_t) NG, kvh*a.n_gqa + a.n_gqa - h0);
+    }
+
+    const int32_t * sel  = (const int32_t *) (a.idx + irow*a.inb1 + iq*a.inb2 + is*a.inb3);
+    const char *    mrow = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
+    const char *    kb   = a.k + kvh*a.knb2 + is*a.knb3;
+    const char *    vb   = a.v + kvh*a.vnb2 + is*a.vnb3;
+
+    // softcap folds into the scale as in the CPU kernel: softcap*tanh(s*scale/softcap)
+    const float qk_scale = a.softcap != 0.0f ? a.scale/a.softcap : a.scale;
+
+    float q[NG][E];
+#pragma unroll
+    for (int hh = 0; hh < NG; ++hh) {
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            q[hh][i] = hh < ng ? ((const float *) (a.q + iq*a.qnb1 + (h0 + hh)*a.qnb2 + is*a.qnb3))[lane*E + i] : 0.0f;
+        }
+    }
+
+    float m[NG], s[NG], acc[NG][E];
+#pragma unroll
+    for (int hh = 0; hh < NG; ++hh) {
+        m[hh] = -INFINITY;
+        s[hh] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            acc[hh][i] = 0.0f;
+        }
+    }
+
+    for (int j0 = jb + warp*U; j0 < je; j0 += ADAMAS_ATTN_NWARP*U) {
+        int   c[U];
+        float mv[U];
+        float kx[U][E], vx[U][E];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            c[u] = j0 + u < je ? sel[j0 + u] : -1;
+        }
+        // the mask, K and V loads of the U cells are independent: all in flight at once
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            mv[u] = 0.0f;
+            if (c[u] >= 0) {
+                if (mrow) {
+                    mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
+                }
+                adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
+                adamas_load_row<E>(vb + c[u]*a.vnb1, a.vt, lane*E, vx[u]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (mv[u] == -INFINITY) {
+                c[u] = -1;
+            }
+        }
+#pragma unroll
+        for (int hh = 0; hh < NG; ++hh) {
+            if (hh >= ng) {
+                break;
+            }
+            float l[U];
+            float lmax = -INFINITY;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float p = 0.0f;
+#pragma unroll
+                for (int i = 0; i < E; ++i) {
+                    p += q[hh][i]*kx[u][i];
+                }
+#pragma unroll
+                for (int o = WARP_SIZE/2; o > 0; o >>= 1) {
+                    p += __shfl_xor_sync(0xFFFFFFFF, p, o);
+                }
+                p *= qk_scale;
+                if (a.softcap != 0.0f) {
+                    p = a.softcap*tanhf(p);
+                }
+                l[u] = c[u] >= 0 ? p + mv[u] : -INFINITY;
+                lmax = fmaxf(lmax, l[u]);
+            }
+            if (lmax == -INFINITY) {
+                continue;
+            }
+            const float mn    = fmaxf(m[hh], lmax);
+            const float alpha = m[hh] == -INFINITY ? 0.0f : expf(m[hh] - mn);
+            s[hh] *= alpha;
+#pragma unroll
+            for (int i = 0; i < E; ++i) {
+                acc[hh][i] *= alpha;
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                if (l[u] == -INFINITY) {
+                    continue;
+                }
+                const float p = expf(l[u] - mn);
+                s[hh] += p;
+#pragma unroll
+                for (int i = 0; i < E; ++i) {
+                    acc[hh][i] += p*vx[u][i];
+                }
+            }
+            m[hh] = mn;
+        }
+    }
+
+    // merge the warps
+    extern __shared__ float sm[];
+    float * sm_m   = sm;                                 // [NWARP][NG]
+    float * sm_s   = sm_m + ADAMAS_ATTN_NWARP*NG;        // [NWARP][NG]
+    float * sm_acc = sm_s + ADAMAS_ATTN_NWARP*NG;        // [NWARP][NG][D]
+#pragma unroll
+    for (int hh = 0; hh < NG; ++hh) {
+        if (lane == 0) {
+            sm_m[warp*NG + hh] = m[hh];
+            sm_s[warp*NG + hh] = s[hh];
+        }
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            sm_acc[(warp*NG + hh)*D + lane*E + i] = acc[hh][i];
+        }
+    }
+    __syncthreads();
+
+    for (int t = threadIdx.x; t < ng*D; t += blockDim.x) {
+        const int hh = t / D;
+        const int d  = t % D;
+        float M = -INFINITY;
+        for (int w = 0; w < ADAMAS_ATTN_NWARP; ++w) {
+            M = fmaxf(M, sm_m[w*NG + hh]);
+        }
+        float o = 0.0f;
+        float S = 0.0f;
+        if (M != -INFINITY) {
+            for (int w = 0; w < ADAMAS_ATTN_NWARP; ++w) {
+                const float mw = sm_m[w*NG + hh];
+                if (mw == -INFINITY) {
+                    continue;
+                }
+                const float f = expf(mw - M);
+                S += f*sm_s[w*NG + hh];
+                o += f*sm_acc[(w*NG + hh)*D + d];
+            }
+        }
+        const int64_t hq = (h0 + hh) + a.n_head*(iq + a.n_q*is);
+        if (a.n_split == 1) {
+            a.dst[d + D*hq] = M == -INFINITY ? 0.0f : o/S;
+        } else {
+            float * p = a.part + (hq*a.n_split + split)*(D + 2);
+            if (d == 0) {
+                p[0] = M;
+                p[1] = S;
+            }
+            p[2 + d] = o;
+        }
+    }
+}
+
+// merges the splits of one (head, query, stream): grid n_head*n_q*ns, D threads
+template <int D>
+static __global__ void adamas_attn_combine_kernel(const adamas_attn_args a) {
+    const int64_t hq = blockIdx.x;
+    const int     d  = threadIdx.x;
+    const float * p  = a.part + hq*a.n_split*(D + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < a.n_split; ++s) {
+        M = fmaxf(M, p[s*(D + 2)]);
+    }
+    float o = 0.0f;
+    float S = 0.0f;
+    if (M != -INFINITY) {
+        for (int s = 0; s < a.n_split; ++s) {
+            const float ms = p[s*(D + 2)];
+            if (ms == -INFINITY) {
+                continue;
+            }
+            const float f = expf(ms - M);
+            S += f*p[s*(D + 2) + 1];
+            o += f*p[s*(D + 2) + 2 + d];
+        }
+    }
+    a.dst[d + D*hq] = M == -INFINITY ? 0.0f : o/S;
+}
+
+static int adamas_attn_ng(int D, int64_t n_gqa, bool per_head) {
+    if (per_head) {
+        return 1;
+    }
+    const int64_t cap = D >= 256 ? 4 : 8; // NG*D floats per warp in shared memory
+    const int64_t g = std::min(n_gqa, cap);
+    return g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
+}
+
+template <int D, int NG>
+static void adamas_attn_launch_ng(const adamas_attn_args & a, cudaStream_t stream) {
+    const size_t smem = (size_t) ADAMAS_ATTN_NWARP*NG*(D + 2)*sizeof(float);
+    const int64_t nx = a.per_head ? a.n_head : a.n_head_kv*a.n_hb;
+    const dim3 grid((unsigned) nx, (unsigned) a.n_split, (unsigned) (a.n_q*a.ns));
+    adamas_attn_kernel<D, NG><<<grid, ADAMAS_ATTN_NWARP*WARP_SIZE, smem, stream>>>(a);
+    if (a.n_split > 1) {
+        adamas_attn_combine_kernel<D><<<(unsigned) (a.n_head*a.n_q*a.ns), D, 0, stream>>>(a);
+    }
+}
+
+template <int D>
+static void adamas_attn_launch_d(const adamas_attn_args & a, int ng, cudaStream_t stream) {
+    switch (ng) {
+        case 1: adamas_attn_launch_ng<D, 1>(a, stream); break;
+        case 2: adamas_attn_launch_ng<D, 2>(a, stream); break;
+        case 4: adamas_attn_launch_ng<D, 4>(a, stream); break;
+        default:
+            if constexpr (D < 256) {
+                adamas_attn_launch_ng<D, 8>(a, stream);
+            }
+            break;
+    }
+}
+
+static int adamas_attn_n_split(int budget) {
+    return std::max(1, (budget + ADAMAS_ATTN_SLOTS - 1)/ADAMAS_ATTN_SLOTS);
+}
+
+// floats of the partials buffer a.part (with n_split > 1)
+static int64_t adamas_attn_part_size(int D, int64_t n_head, int64_t n_q, int64_t ns, int budget) {
+    const int n_split = adamas_attn_n_split(budget);
+    return n_split > 1 ? n_head*n_q*ns*n_split*(D + 2) : 0;
+}
+
+// sets a.n_hb and a.n_split; a.part must hold adamas_attn_part_size floats
+static void adamas_attn_launch(adamas_attn_args & a, int D, cudaStream_t stream) {
+    const int ng = adamas_attn_ng(D, a.n_gqa, a.per_head);
+    a.n_hb    = (a.n_gqa + ng - 1)/ng;
+    a.n_split = adamas_attn_n_split(a.budget);
+    if (a.n_head == 0 || a.n_q == 0 || a.ns == 0) {
+        return;
+    }
+    switch (D) {
+        case 32:  adamas_attn_launch_d<32> (a, ng, stream); break;
+        case 64:  adamas_attn_launch_d<64> (a, ng, stream); break;
+        case 128: adamas_attn_launch_d<128>(a, ng, stream); break;
+        case 256: adamas_attn_launch_d<256>(a, ng, stream); break;
+        default:  break; // refused by ggml_cuda_adamas_attn_supported
+    }
+}
+
+#ifndef ADAMAS_CUDA_STANDALONE
+
+static int adamas_kv_type(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_F32:  return ADAMAS_KV_F32;
+        case GGML_TYPE_F16:  return ADAMAS_KV_F16;
+        case GGML_TYPE_BF16: return ADAMAS_KV_BF16;
+        case GGML_TYPE_Q8_0: return ADAMAS_KV_Q8_0;
+        case GGML_TYPE_Q4_0: return ADAMAS_KV_Q4_0;
+        default:             return -1;
+    }
+}
+
+bool ggml_cuda_adamas_attn_supported(int device, const ggml_tensor * op) {
+    GGML_UNUSED(device);
+    const ggml_tensor * q = op->src[0];
+    const ggml_tensor * k = op->src[1];
+    const ggml_tensor * v = op->src[2];
+    // the kernel holds D/32 values per lane: head dims the encode accepts, Dv == D, and the K/V types above
+    // (the row strides of those types keep the 4-byte loads aligned)
+    return ggml_adamas_supported_dim(q->ne[0]) && v->ne[0] == k->ne[0] &&
+           adamas_kv_type(k->type) >= 0 && adamas_kv_type(v->type) >= 0 &&
+           k->nb[1] % 4 == 0 && v->nb[1] % 4 == 0;
+}
+
+void ggml_cuda_op_adamas_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    const ggml_tensor * q    = dst->src[0];
+    const ggml_tensor * k    = dst->src[1];
+    const ggml_tensor * v    = dst->src[2];
+    const ggml_tensor * mask = dst->src[3];
+    const ggml_tensor * idx  = dst->src[4];
+
+    GGML_ASSERT(ggml_is_contiguous(dst));
+    const int D = (int) q->ne[0];
+
+    adamas_attn_args a = {};
+    a.q = (const char *) q->data; a.qnb1 = q->nb[1]; a.qnb2 = q->nb[2]; a.qnb3 = q->nb[3];
+    a.k = (const char *) k->data; a.knb1 = k->nb[1]; a.knb2 = k->nb[2]; a.knb3 = k->nb[3]; a.kt = adamas_kv_type(k->type);
+    a.v = (const char *) v->data; a.vnb1 = v->nb[1]; a.vnb2 = v->nb[2]; a.vnb3 = v->nb[3]; a.vt = adamas_kv_type(v->type);
+    a.mask = mask ? (const char *) mask->data : nullptr;
+    a.mask_f16 = mask && mask->type == GGML_TYPE_F16;
+    a.mnb1 = mask ? mask->nb[1] : 0;
+    a.mnb3 = mask ? mask->nb[3] : 0;
+    a.mne3 = mask ? mask->ne[3] : 1;
+    a.idx = (const char *) idx->data; a.inb1 = idx->nb[1]; a.inb2 = idx->nb[2]; a.inb3 = idx->nb[3];
+    a.budget    = (int) idx->ne[0];
+    a.n_head    = q->ne[2];
+    a.n_head_kv = k->ne[2];
+    a.n_gqa     = a.n_head/a.n_head_kv;
+    a.per_head  = idx->ne[1] == a.n_head; // as the CPU kernel decides (MHA: the same either way)
+    a.n_q       = q->ne[1];
+    a.ns        = q->ne[3];
+    a.n_kv      = k->ne[1];
+    a.scale     = ggml_get_op_params_f32(dst, 0);
+    a.softcap   = ggml_get_op_params_f32(dst, 1);
+    a.dst       = (float *) dst->data;
+    GGML_ASSERT(a.kt >= 0 && a.vt >= 0);
+    GGML_ASSERT(a.n_q*a.ns <= 65535);
+
+    ggml_cuda_pool_alloc<float> part(ctx.pool(), std::max<int64_t>(1, adamas_attn_part_size(D, a.n_head, a.n_q, a.ns, a.budget)));
+    a.part = part.get();
+    adamas_attn_launch(a, D, ctx.stream());
+}
+
+#endif // ADAMAS_CUDA_STANDALONE

@@ -1,0 +1,35 @@
+#pragma once
+// Shared by the Adamas CUDA kernels (adamas-{encode,select,attn}.cu). Inside ggml-cuda it rests on
+// common.cuh; the standalone harness (ggml_adamas/tests/cuda) defines ADAMAS_CUDA_STANDALONE and gets the
+// few definitions the kernels need without the rest of ggml.
+
+#ifndef ADAMAS_CUDA_STANDALONE
+#include "common.cuh"
+#else
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#ifndef WARP_SIZE
+#define WARP_SIZE 32
+#endif
+#endif
+
+#include <cstdint>
+
+// the I8 code layout of ggml-adamas.h: a sign plane then a magnitude plane, D/8 bytes each
+#define ADAMAS_CUDA_CODE_SIZE(d) ((d)/4)
+
+// mask values the select kernel tells apart (bit patterns, as the CPU kernel does)
+#define ADAMAS_F16_NINF 0xFC00u
+#define ADAMAS_F16_PINF 0x7C00u
+#define ADAMAS_F32_NINF 0xFF800000u
+#define ADAMAS_F32_PINF 0x7F800000u
+
+// distance buffer value of a masked cell (the CPU kernel's ADAMAS_NONE)
+#define ADAMAS_DIST_NONE 0xFFFFu
+
+static __device__ __forceinline__ uint32_t adamas_mask_bits(const void * row, bool f16, int64_t c) {
+    return f16 ? (uint32_t) ((const uint16_t *) row)[c] : ((const uint32_t *) row)[c];
+}

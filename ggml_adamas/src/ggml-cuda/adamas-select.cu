@@ -1,0 +1,462 @@
+// GGML_OP_ADAMAS_SELECT on CUDA, in two kernels and no host synchronisation (CUDA graphs capture it):
+//
+//   distances: grid (cell chunk, KV head, query x stream). A block loads the query codes of the KV head's
+//              query heads into shared memory and, per cell, the key code once: HEAD mode gives one distance
+//              per query head (one selection row each), GROUP mode their sum (one row). Each visible cell's
+//              distance + 1 goes to a uint16 buffer (0 for a +INF cell, 0xFFFF for a -INF one) and into a
+//              shared-memory histogram per row, added to the row's global histogram at the end.
+//   emit:      one block per selection row. A scan of the histogram finds the threshold distance d* at which
+//              the count reaches the budget; one pass over the row's distances, from the highest cell down,
+//              compacts the cells below d* and the highest cells at d* (block prefix sums keep that order);
+//              a bitonic sort of the at most `budget` candidates by (distance asc, cell desc) gives the ranking.
+//
+// The result is the CPU kernel's exactly: same distances, same tie rule. O(n_kv) work, no global sort.
+
+#include "adamas-common.cuh"
+#ifndef ADAMAS_CUDA_STANDALONE
+#include "adamas-select.cuh"
+#include "ggml-adamas.h"
+#endif
+
+#define ADAMAS_SELECT_CHUNK      2048   // cells per distance block
+#define ADAMAS_SELECT_DIST_BLOCK 256    // threads per distance block
+#define ADAMAS_SELECT_EMIT_BLOCK 1024   // threads per emit block (one row)
+#define ADAMAS_SELECT_EMIT_PER_T 16     // cells per thread and emit tile (two 16-byte loads)
+#define ADAMAS_SELECT_MAX_SORT   16384  // candidates the emit block sorts in shared memory (bounds the budget)
+#define ADAMAS_SELECT_MAX_SMEM   (160*1024)
+
+struct adamas_select_args {
+    const char * qc;  int64_t qnb1, qnb2, qnb3;   // query codes [D/4, n_head, n_q, ns]
+    const char * kc;  int64_t knb1, knb2, knb3;   // key codes   [D/4, n_head_kv, n_kv, ns]
+    const char * mask; bool mask_f16; int64_t mnb1, mnb3, mne3;
+
+    int64_t n_head, n_head_kv, n_gqa, n_q, ns, n_kv;
+    bool    group;
+    int     budget;
+    int64_t n_sel;     // selection rows per (query, stream)
+    int64_t nbins;     // histogram bins per row: 3*D*(group ? n_gqa : 1) + 2
+    int64_t nrows;
+
+    uint16_t * dist;  int64_t dist_stride;        // [nrows][dist_stride], dist_stride a multiple of EMIT_PER_T
+    int32_t  * hist;                              // [nrows][nbins], zeroed before the distance kernel
+
+    char *  dst;  int64_t onb1, onb2, onb3;       // I32 [budget, n_sel, n_q, ns]
+};
+
+// One plane word pair of a code. VEC: 16-byte (8-byte for D = 32) loads; else 4-byte ones (any 4-aligned view).
+template <int D, bool VEC>
+static __device__ __forceinline__ void adamas_load_code(const char * p, uint32_t (&w)[D/16]) {
+    constexpr int NW = D/16; // 32-bit words of both planes
+    if constexpr (VEC && NW >= 4) {
+#pragma unroll
+        for (int i = 0; i < NW/4; ++i) {
+            const uint4 v = ((const uint4 *) p)[i];
+            w[4*i + 0] = v.x; w[4*i + 1] = v.y; w[4*i + 2] = v.z; w[4*i + 3] = v.w;
+        }
+    } else if constexpr (VEC) {
+        const uint2 v = *(const uint2 *) p;
+        w[0] = v.x; w[1] = v.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < NW; ++i) {
+            w[i] = ((const uint32_t *) p)[i];
+        }
+    }
+}
+
+// exact L1 between two codes (ggml-adamas.h): per word popc(S) + popc(mq ^ mk) + 2*popc(S & mq & mk)
+template <int D>
+static __device__ __forceinline__ uint32_t adamas_l1(const uint32_t * q, const uint32_t (&k)[D/16]) {
+    constexpr int P = D/32; // words per plane
+    uint32_t d = 0;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+        const uint32_t S = q[i] ^ k[i];
+        d += __popc(S) + __popc(q[P + i] ^ k[P + i]) + 2*__popc(S & q[P + i] & k[P + i]);
+    }
+    return d;
+}
+
+template <int D, bool VEC>
+static __global__ void adamas_select_dist_kernel(const adamas_select_args a) {
+    constexpr int NW = D/16;
+
+    // KV head fastest in the grid: the blocks of one cell chunk run together, and each cell's row holds all
+    // KV heads' codes, so together they read whole rows
+    const int64_t kvh = blockIdx.x;
+    const int64_t iq  = blockIdx.z % a.n_q;
+    const int64_t is  = blockIdx.z / a.n_q;
+    const int64_t c0  = (int64_t) blockIdx.y*ADAMAS_SELECT_CHUNK;
+    const int64_t c1  = min(c0 + ADAMAS_SELECT_CHUNK, a.n_kv);
+
+    const int     g     = (int) a.n_gqa;                 // query heads of this KV head
+    const int     nh    = a.group ? 1 : g;               // histogram rows of this block
+    const int64_t nbins = a.nbins;
+
+    extern __shared__ uint32_t smem[];
+    uint32_t * qw = smem;                                // g codes of NW words
+    int      * hs = (int *) (qw + g*NW);                 // nh*nbins
+
+    for (int k = threadIdx.x; k < g*NW; k += blockDim.x) {
+        const int j = k / NW;
+        const int w = k % NW;
+        qw[k] = ((const uint32_t *) (a.qc + (kvh*g + j)*a.qnb1 + iq*a.qnb2 + is*a.qnb3))[w];
+    }
+    for (int64_t k = threadIdx.x; k < nh*nbins; k += blockDim.x) {
+        hs[k] = 0;
+    }
+    __syncthreads();
+
+    // first selection row of the block; HEAD rows of the group are consecutive
+    const int64_t row0 = (a.group ? kvh : kvh*g) + a.n_sel*(iq + a.n_q*is);
+    const char *  mrow = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
+    const char *  kb   = a.kc + kvh*a.knb1 + is*a.knb3;
+
+    // DU cells per thread and round, their code loads issued together
+    constexpr int DU = 4;
+    for (int64_t cb = c0 + threadIdx.x; cb < c1; cb += DU*blockDim.x) {
+        uint32_t k[DU][NW];
+        int      cls[DU]; // 0 ranked, 1 -INF, 2 +INF, 3 past the chunk
+#pragma unroll
+        for (int u = 0; u < DU; ++u) {
+            const int64_t c = cb + u*blockDim.x;
+            cls[u] = c < c1 ? 0 : 3;
+            if (cls[u] == 0 && mrow) {
+                const uint32_t mv = adamas_mask_bits(mrow, a.mask_f16, c);
+                cls[u] = mv == (a.mask_f16 ? ADAMAS_F16_NINF : ADAMAS_F32_NINF) ? 1
+                       : mv == (a.mask_f16 ? ADAMAS_F16_PINF : ADAMAS_F32_PINF) ? 2 : 0;
+            }
+            if (cls[u] == 0) {
+                adamas_load_code<D, VEC>(kb + c*a.knb2, k[u]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < DU; ++u) {
+            const int64_t c = cb + u*blockDim.x;
+            if (cls[u] == 3) {
+                continue;
+            }
+            if (cls[u] != 0) {
+                for (int r = 0; r < nh; ++r) {
+                    a.dist[(row0 + r)*a.dist_stride + c] = cls[u] == 1 ? ADAMAS_DIST_NONE : 0;
+                    if (cls[u] == 2) {
+                        atomicAdd(&hs[r*nbins], 1);
+                    }
+                }
+                continue;
+            }
+            if (a.group) {
+                uint32_t d = 0;
+                for (int j = 0; j < g; ++j) {
+                    d += adamas_l1<D>(qw + j*NW, k[u]);
+                }
+                a.dist[row0*a.dist_stride + c] = (uint16_t) (d + 1);
+                atomicAdd(&hs[d + 1], 1);
+            } else {
+                for (int j = 0; j < g; ++j) {
+                    const uint32_t d = adamas_l1<D>(qw + j*NW, k[u]);
+                    a.dist[(row0 + j)*a.dist_stride + c] = (uint16_t) (d + 1);
+                    atomicAdd(&hs[j*nbins + d + 1], 1);
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    for (int64_t k = threadIdx.x; k < nh*nbins; k += blockDim.x) {
+        if (hs[k] != 0) {
+            atomicAdd(&a.hist[(row0 + k/nbins)*nbins + k%nbins], hs[k]);
+        }
+    }
+}
+
+// Exclusive prefix sum over the block (blockDim.x a multiple of 32, at most 1024); *total gets the block's sum.
+static __device__ __forceinline__ int adamas_block_scan(int v, int * total, int * sh /* 33 ints */) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    int incl = v;
+#pragma unroll
+    for (int o = 1; o < WARP_SIZE; o <<= 1) {
+        const int t = __shfl_up_sync(0xFFFFFFFF, incl, o);
+        if (lane >= o) {
+            incl += t;
+        }
+    }
+    if (lane == WARP_SIZE - 1) {
+        sh[warp] = incl;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int nw = blockDim.x / WARP_SIZE;
+        int s = lane < nw ? sh[lane] : 0;
+#pragma unroll
+        for (int o = 1; o < WARP_SIZE; o <<= 1) {
+            const int t = __shfl_up_sync(0xFFFFFFFF, s, o);
+            if (lane >= o) {
+                s += t;
+            }
+        }
+        if (lane < nw) {
+            sh[lane] = s; // inclusive prefix of warp sums
+        }
+        if (lane == nw - 1) {
+            sh[32] = s;
+        }
+    }
+    __syncthreads();
+    const int excl = incl - v + (warp > 0 ? sh[warp - 1] : 0);
+    *total = sh[32];
+    __syncthreads(); // sh is reused by the next call
+    return excl;
+}
+
+static __global__ void adamas_select_emit_kernel(const adamas_select_args a, const int n_sort) {
+    extern __shared__ unsigned long long keys[]; // n_sort (a power of two >= the number of candidates)
+    __shared__ int sh[33];
+    __shared__ int s_dstar, s_below;
+
+    const int64_t r  = blockIdx.x;
+    const int64_t hs = r % a.n_sel;
+    const int64_t iq = (r / a.n_sel) % a.n_q;
+    const int64_t is = r / (a.n_sel*a.n_q);
+
+    const int32_t  * hist = a.hist + r*a.nbins;
+    const uint16_t * dist = a.dist + r*a.dist_stride;
+    int32_t * out = (int32_t *) (a.dst + hs*a.onb1 + iq*a.onb2 + is*a.onb3);
+
+    // threshold d*: the first distance at which the running count reaches the budget; if it never does,
+    // every visible cell is taken (n_out = all of them, d* = the largest distance present)
+    if (threadIdx.x == 0) {
+        s_dstar = 0;
+        s_below = 0;
+    }
+    __syncthreads();
+    int n_out = a.budget;
+    {
+        int before = 0;
+        for (int64_t b0 = 0; b0 < a.nbins; b0 += blockDim.x) {
+            const int64_t b = b0 + threadIdx.x;
+            const int v = b < a.nbins ? hist[b] : 0;
+            int total;
+            const int excl = adamas_block_scan(v, &total, sh);
+            if (v > 0 && before + excl < a.budget && before + excl + v >= a.budget) {
+                s_dstar = (int) b;
+                s_below = before + excl;
+            }
+            before += total;
+            if (before >= a.budget) {
+                break; // block-uniform
+            }
+        }
+        if (before < a.budget) {
+            n_out = before;
+            // all visible cells: d* past the largest distance, so every one counts as below it
+            if (threadIdx.x == 0) {
+                s_dstar = (int) a.nbins;
+                s_below = before;
+            }
+        }
+    }
+    __syncthreads();
+    const int dstar  = s_dstar;
+    const int below  = s_below;
+    const int n_ties = n_out - below;
+
+    // candidates, from the highest cell down: all below d*, the first n_ties at d*
+    constexpr int PT = ADAMAS_SELECT_EMIT_PER_T;
+    const int64_t tile  = (int64_t) blockDim.x*PT;
+    const int64_t n_pad = (a.n_kv + PT - 1)/PT*PT;
+    int found_lt = 0;
+    int found_eq = 0;
+    for (int64_t hi = n_pad; hi > 0 && n_out > 0; hi -= tile) {
+        const int64_t cs = hi - (int64_t) PT*(threadIdx.x + 1); // this thread's PT cells: [cs, cs + PT)
+        uint16_t d[PT];
+        int n_lt = 0, n_eq = 0;
+        if (cs >= 0) {
+            uint4 v[PT/8];
+#pragma unroll
+            for (int i = 0; i < PT/8; ++i) {
+                v[i] = ((const uint4 *) (dist + cs))[i];
+            }
+            const uint16_t * dv = (const uint16_t *) v;
+#pragma unroll
+            for (int i = 0; i < PT; ++i) {
+                d[i] = cs + i < a.n_kv ? dv[i] : (uint16_t) ADAMAS_DIST_NONE;
+                n_lt += d[i] <  dstar;
+                n_eq += d[i] == dstar;
+            }
+        }
+        int total;
+        const int excl = adamas_block_scan((n_lt << 16) | n_eq, &total, sh);
+        int pos_lt = found_lt + (excl >> 16);
+        int pos_eq = found_eq + (excl & 0xFFFF);
+        if (cs >= 0) {
+#pragma unroll
+            for (int i = PT - 1; i >= 0; --i) {
+                const unsigned long long key = ((unsigned long long) d[i] << 32) | (uint32_t) ~(uint32_t) (cs + i);
+                if (d[i] < dstar) {
+                    keys[pos_lt++] = key;
+                } else if (d[i] == dstar) {
+                    if (pos_eq < n_ties) {
+                        keys[below + pos_eq] = key;
+                    }
+                    pos_eq++;
+                }
+            }
+        }
+        found_lt += total >> 16;
+        found_eq += total & 0xFFFF;
+        if (found_lt >= below && found_eq >= n_ties) {
+            break; // block-uniform
+        }
+    }
+    for (int i = n_out + threadIdx.x; i < n_sort; i += blockDim.x) {
+        keys[i] = ~0ull;
+    }
+    __syncthreads();
+
+    // ranking: ascending keys = distance asc, then cell desc
+    for (int k = 2; k <= n_sort; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = threadIdx.x; i < n_sort; i += blockDim.x) {
+                const int ixj = i ^ j;
+                if (ixj > i) {
+                    const unsigned long long x = keys[i];
+                    const unsigned long long y = keys[ixj];
+                    if ((x > y) == ((i & k) == 0)) {
+                        keys[i]   = y;
+                        keys[ixj] = x;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    }
+
+    for (int j = threadIdx.x; j < a.budget; j += blockDim.x) {
+        out[j] = j < n_out ? (int32_t) ~(uint32_t) (keys[j] & 0xFFFFFFFFull) : -1;
+    }
+}
+
+static int adamas_next_pow2(int n) {
+    int p = 1;
+    while (p < n) {
+        p <<= 1;
+    }
+    return p;
+}
+
+static size_t adamas_select_dist_smem(int D, int64_t n_gqa, bool group, int64_t nbins) {
+    return (size_t) n_gqa*(D/16)*sizeof(uint32_t) + (size_t) (group ? 1 : n_gqa)*nbins*sizeof(int);
+}
+
+template <typename K>
+static void adamas_set_smem(K kernel, size_t smem) {
+    if (smem > 48*1024) {
+        // capture-safe (not a stream operation); idempotent
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+    }
+}
+
+template <int D>
+static void adamas_select_dist_launch(const adamas_select_args & a, bool vec, cudaStream_t stream) {
+    const size_t smem = adamas_select_dist_smem(D, a.n_gqa, a.group, a.nbins);
+    const dim3 grid((unsigned) a.n_head_kv, (unsigned) ((a.n_kv + ADAMAS_SELECT_CHUNK - 1)/ADAMAS_SELECT_CHUNK),
+                    (unsigned) (a.n_q*a.ns));
+    if (vec) {
+        adamas_set_smem(adamas_select_dist_kernel<D, true>, smem);
+        adamas_select_dist_kernel<D, true><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+    } else {
+        adamas_set_smem(adamas_select_dist_kernel<D, false>, smem);
+        adamas_select_dist_kernel<D, false><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+    }
+}
+
+// a.dist and a.hist must hold nrows*dist_stride uint16 and nrows*nbins int32
+static void adamas_select_launch(const adamas_select_args & a, int D, bool vec, cudaStream_t stream) {
+    if (a.nrows == 0) {
+        return;
+    }
+    cudaMemsetAsync(a.hist, 0, a.nrows*a.nbins*sizeof(int32_t), stream);
+    if (a.n_kv > 0) {
+        switch (D) {
+            case 32:  adamas_select_dist_launch<32> (a, vec, stream); break;
+            case 64:  adamas_select_dist_launch<64> (a, vec, stream); break;
+            case 128: adamas_select_dist_launch<128>(a, vec, stream); break;
+            case 256: adamas_select_dist_launch<256>(a, vec, stream); break;
+            default:  return; // refused by ggml_cuda_adamas_select_supported
+        }
+    }
+    const int    n_sort = adamas_next_pow2((int) std::min<int64_t>(a.budget, a.n_kv > 0 ? a.n_kv : 1));
+    const size_t smem   = (size_t) n_sort*sizeof(unsigned long long);
+    adamas_set_smem(adamas_select_emit_kernel, smem);
+    adamas_select_emit_kernel<<<(unsigned) a.nrows, ADAMAS_SELECT_EMIT_BLOCK, smem, stream>>>(a, n_sort);
+}
+
+static int64_t adamas_select_dist_stride(int64_t n_kv) {
+    return (n_kv + ADAMAS_SELECT_EMIT_PER_T - 1)/ADAMAS_SELECT_EMIT_PER_T*ADAMAS_SELECT_EMIT_PER_T;
+}
+
+#ifndef ADAMAS_CUDA_STANDALONE
+
+bool ggml_cuda_adamas_select_supported(int device, const ggml_tensor * op) {
+    GGML_UNUSED(device);
+    const ggml_tensor * qc   = op->src[0];
+    const ggml_tensor * kc   = op->src[1];
+    const int     D      = (int) (4*qc->ne[0]);
+    const int     budget = ggml_get_op_params_i32(op, 0);
+    const bool    group  = ggml_get_op_params_i32(op, 1) == GGML_ADAMAS_SELECT_GROUP;
+    const int64_t n_gqa  = qc->ne[1]/kc->ne[1];
+    const int64_t nbins  = 3*(int64_t) D*(group ? n_gqa : 1) + 2;
+    // the candidates are sorted in shared memory, and the distance blocks hold their histograms there
+    return ggml_adamas_supported_dim(D) && budget <= ADAMAS_SELECT_MAX_SORT &&
+           adamas_select_dist_smem(D, n_gqa, group, nbins) <= ADAMAS_SELECT_MAX_SMEM &&
+           kc->ne[2] < INT32_MAX;
+}
+
+void ggml_cuda_op_adamas_select(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    const ggml_tensor * qc   = dst->src[0];
+    const ggml_tensor * kc   = dst->src[1];
+    const ggml_tensor * mask = dst->src[2];
+
+    const int D = (int) (4*qc->ne[0]);
+
+    adamas_select_args a = {};
+    a.qc   = (const char *) qc->data; a.qnb1 = qc->nb[1]; a.qnb2 = qc->nb[2]; a.qnb3 = qc->nb[3];
+    a.kc   = (const char *) kc->data; a.knb1 = kc->nb[1]; a.knb2 = kc->nb[2]; a.knb3 = kc->nb[3];
+    a.mask = mask ? (const char *) mask->data : nullptr;
+    a.mask_f16 = mask && mask->type == GGML_TYPE_F16;
+    a.mnb1 = mask ? mask->nb[1] : 0;
+    a.mnb3 = mask ? mask->nb[3] : 0;
+    a.mne3 = mask ? mask->ne[3] : 1;
+    a.n_head    = qc->ne[1];
+    a.n_head_kv = kc->ne[1];
+    a.n_gqa     = a.n_head/a.n_head_kv;
+    a.n_q       = qc->ne[2];
+    a.ns        = qc->ne[3];
+    a.n_kv      = kc->ne[2];
+    a.budget    = ggml_get_op_params_i32(dst, 0);
+    a.group     = ggml_get_op_params_i32(dst, 1) == GGML_ADAMAS_SELECT_GROUP;
+    a.n_sel     = a.group ? a.n_head_kv : a.n_head;
+    a.nbins     = 3*(int64_t) D*(a.group ? a.n_gqa : 1) + 2;
+    a.nrows     = a.n_sel*a.n_q*a.ns;
+    a.dst  = (char *) dst->data; a.onb1 = dst->nb[1]; a.onb2 = dst->nb[2]; a.onb3 = dst->nb[3];
+    GGML_ASSERT(a.nbins < ADAMAS_DIST_NONE);
+
+    a.dist_stride = adamas_select_dist_stride(a.n_kv);
+    ggml_cuda_pool_alloc<uint16_t> dist(ctx.pool(), a.nrows*a.dist_stride);
+    ggml_cuda_pool_alloc<int32_t>  hist(ctx.pool(), a.nrows*a.nbins);
+    a.dist = dist.get();
+    a.hist = hist.get();
+
+    // vector loads of whole codes where the view allows them
+    const size_t align = D >= 64 ? 16 : 8;
+    const bool vec = (uintptr_t) kc->data % align == 0 && kc->nb[1] % align == 0 && kc->nb[2] % align == 0 &&
+                     kc->nb[3] % align == 0;
+    GGML_ASSERT((uintptr_t) kc->data % 4 == 0 && kc->nb[1] % 4 == 0 && kc->nb[2] % 4 == 0 && kc->nb[3] % 4 == 0);
+    GGML_ASSERT((uintptr_t) qc->data % 4 == 0 && qc->nb[1] % 4 == 0 && qc->nb[2] % 4 == 0 && qc->nb[3] % 4 == 0);
+
+    adamas_select_launch(a, D, vec, ctx.stream());
+}
+
+#endif // ADAMAS_CUDA_STANDALONE

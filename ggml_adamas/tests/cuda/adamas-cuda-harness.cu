@@ -1,0 +1,435 @@
+// Standalone check and timing of the Adamas CUDA kernels (ggml_adamas/src/ggml-cuda/adamas-*.cu), built in
+// seconds without ggml:
+//
+//   nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math -I ggml_adamas/src/ggml-cuda \
+//        ggml_adamas/tests/cuda/adamas-cuda-harness.cu -o adamas-cuda-harness
+//   ./adamas-cuda-harness check [seed]     every kernel against scalar host references (exact codes and
+//                                          indices; attention within 1e-4 relative), outputs poisoned first
+//   ./adamas-cuda-harness bench            kernel times at the issue's shapes (CUDA events, medians)
+//   compute-sanitizer ./adamas-cuda-harness check     (memcheck; racecheck/synccheck with --tool)
+//
+// The host references are written here, independently of the CPU kernels: the FWHT in the order the spec
+// fixes (stages h = 1, 2, 4, ...), the RMS in double in the documented block order, the ranking by a plain
+// std::sort on (distance asc, cell desc), softmax in double.
+
+#define ADAMAS_CUDA_STANDALONE
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "adamas-encode.cu"
+#include "adamas-select.cu"
+#include "adamas-attn.cu"
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
+    fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); exit(1); } } while (0)
+
+static int g_fail = 0, g_checks = 0;
+#define EXPECT(cond, ...) do { g_checks++; if (!(cond)) { g_fail++; if (g_fail < 30) { \
+    fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); } } } while (0)
+
+template <typename T> struct dbuf {
+    T * p = nullptr; size_t n = 0;
+    explicit dbuf(size_t n_) : n(n_) { CK(cudaMalloc(&p, std::max<size_t>(1, n)*sizeof(T))); }
+    ~dbuf() { cudaFree(p); }
+    void up(const std::vector<T> & h) { CK(cudaMemcpy(p, h.data(), n*sizeof(T), cudaMemcpyHostToDevice)); }
+    std::vector<T> down() const { std::vector<T> h(n); CK(cudaMemcpy(h.data(), p, n*sizeof(T), cudaMemcpyDeviceToHost)); return h; }
+    void poison() { CK(cudaMemset(p, 0xA5, n*sizeof(T))); }
+};
+
+static float f16r(float x) { return __half2float(__float2half_rn(x)); }
+
+
+// Median time of one call of f on a stream, from CUDA graph replays (20 calls per graph), so that host launch
+// gaps stay out as they do in llama.cpp's CUDA graphs.
+template <typename F>
+static float time_graph_us(F f) {
+    cudaStream_t st; CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    f(st); CK(cudaStreamSynchronize(st)); CK(cudaGetLastError());
+    cudaGraph_t g; cudaGraphExec_t ge;
+    constexpr int N = 20;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
+    for (int i = 0; i < N; ++i) f(st);
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    CK(cudaGraphLaunch(ge, st)); CK(cudaStreamSynchronize(st));
+    cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+    std::vector<float> t;
+    for (int r = 0; r < 15; ++r) {
+        CK(cudaEventRecord(e0, st)); CK(cudaGraphLaunch(ge, st)); CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1)); float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); t.push_back(ms*1e3f/N);
+    }
+    std::sort(t.begin(), t.end());
+    cudaEventDestroy(e0); cudaEventDestroy(e1); cudaGraphExecDestroy(ge); cudaGraphDestroy(g); cudaStreamDestroy(st);
+    return t[t.size()/2];
+}
+
+// ---- encode reference ----
+static void ref_encode(const float * x, int D, int mode, float thr, bool skip_wht, uint8_t * out) {
+    std::vector<float> y(x, x + D);
+    if (!skip_wht) {
+        for (int h = 1; h < D; h <<= 1) {
+            for (int i = 0; i < D; i += 2*h) {
+                for (int j = i; j < i + h; ++j) {
+                    const float a = y[j], b = y[j + h];
+                    y[j] = a + b; y[j + h] = a - b;
+                }
+            }
+        }
+        const float sc = 1.0f/sqrtf((float) D);
+        for (float & v : y) v *= sc;
+    }
+    float t = thr;
+    if (mode == 1) {
+        const int E = D/32;
+        double ss = 0.0;
+        for (int l = 0; l < 32; ++l) {
+            double p = 0.0;
+            for (int i = 0; i < E; ++i) p += (double) y[l*E + i]*(double) y[l*E + i];
+            ss += p;
+        }
+        t = (float) ((double) thr*sqrt(ss/(double) D));
+    }
+    memset(out, 0, D/4);
+    for (int d = 0; d < D; ++d) {
+        if (y[d] > 0.0f)              out[d/8]       |= 1u << (d%8);
+        if (y[d] <= -t || y[d] > t)   out[D/8 + d/8] |= 1u << (d%8);
+    }
+}
+
+static int ref_l1(const uint8_t * a, const uint8_t * b, int D) {
+    auto code = [&](const uint8_t * c, int d) {
+        const int s = (c[d/8] >> (d%8)) & 1, m = (c[D/8 + d/8] >> (d%8)) & 1;
+        return s ? (m ? 3 : 2) : (m ? 0 : 1);
+    };
+    int r = 0;
+    for (int d = 0; d < D; ++d) r += std::abs(code(a, d) - code(b, d));
+    return r;
+}
+
+static void check_encode(std::mt19937 & rng, int D, int n_head, int n_rows, int mode, float thr, bool skip, bool f16,
+                         bool round, bool scatter) {
+    std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+    const int64_t n = (int64_t) D*n_head*n_rows;
+    std::vector<float> x(n);
+    for (float & v : x) v = f16 ? f16r(U(rng)) : U(rng);
+    const int64_t csz = D/4;
+    const int64_t n_cells = scatter ? n_rows + 7 : n_rows;
+    std::vector<int32_t> idx(n_rows);
+    for (int i = 0; i < n_rows; ++i) idx[i] = (int32_t) ((i*5 + 3) % n_cells);
+    if (scatter) { std::sort(idx.begin(), idx.end()); idx.erase(std::unique(idx.begin(), idx.end()), idx.end()); }
+    const int rows = (int) idx.size();
+
+    dbuf<float> dx(n); dx.up(x);
+    std::vector<half> xh(n); for (int64_t i = 0; i < n; ++i) xh[i] = __float2half_rn(x[i]);
+    dbuf<half> dxh(n); dxh.up(xh);
+    dbuf<int32_t> di(rows); di.up(idx);
+    dbuf<uint8_t> dout(n_cells*n_head*csz); dout.poison();
+
+    adamas_encode_args a = {};
+    a.src = f16 ? (const char *) dxh.p : (const char *) dx.p;
+    a.src_f16 = f16;
+    const int64_t es = f16 ? 2 : 4;
+    a.snb1 = D*es; a.snb2 = D*es*n_head; a.snb3 = a.snb2*rows; a.n_head = n_head; a.n_rows = rows; a.ne3 = 1;
+    a.dst = (char *) dout.p;
+    a.scatter = scatter; a.idxs = scatter ? di.p : nullptr; a.idxs_i64 = false;
+    if (scatter) { a.dnb1 = n_head*csz; a.dnb2 = a.dnb1*n_cells; a.dnb3 = a.dnb2; a.dne1 = n_cells; a.dne2 = 1; }
+    else         { a.dnb1 = csz; a.dnb2 = csz*n_head; a.dnb3 = a.dnb2*rows; }
+    a.n_cells = n_cells; a.mode = mode; a.thr = thr; a.skip_wht = skip; a.round_f16 = round && !f16;
+    a.wht_scale = 1.0f/sqrtf((float) D);
+    adamas_encode_launch(a, D, 0);
+    CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+    const std::vector<uint8_t> out = dout.down();
+
+    int bad = 0;
+    std::vector<uint8_t> ref(csz);
+    std::vector<float> xr(D);
+    for (int r = 0; r < rows; ++r) {
+        for (int h = 0; h < n_head; ++h) {
+            const float * xs = x.data() + ((int64_t) r*n_head + h)*D;
+            for (int d = 0; d < D; ++d) xr[d] = a.round_f16 ? f16r(xs[d]) : xs[d];
+            ref_encode(xr.data(), D, mode, thr, skip, ref.data());
+            const uint8_t * o = out.data() + (scatter ? (int64_t) idx[r]*n_head*csz + h*csz : ((int64_t) r*n_head + h)*csz);
+            bad += memcmp(o, ref.data(), csz) != 0;
+        }
+    }
+    EXPECT(bad == 0, "encode D=%d heads=%d rows=%d mode=%d thr=%g skip=%d f16=%d round=%d scatter=%d: %d vectors differ",
+           D, n_head, rows, mode, thr, skip, f16, round, scatter, bad);
+}
+
+// ---- select ----
+struct sel_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool group; int mask; int pool; bool vec; };
+// mask: 0 none, 1 f16 with -INF holes and a few +INF, 2 f32 all -INF in query 0; pool: >0 draws codes from
+// that many distinct codes (ties)
+
+static void make_codes(std::mt19937 & rng, int D, int64_t n, int pool, std::vector<uint8_t> & c) {
+    const int csz = D/4;
+    std::vector<uint8_t> pl((size_t) std::max(pool, 1)*csz);
+    for (auto & b : pl) b = (uint8_t) rng();
+    c.resize(n*csz);
+    for (int64_t i = 0; i < n; ++i) {
+        if (pool > 0) memcpy(&c[i*csz], &pl[(rng() % pool)*csz], csz);
+        else for (int j = 0; j < csz; ++j) c[i*csz + j] = (uint8_t) rng();
+    }
+}
+
+static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, float * ms_dist = nullptr) {
+    const int D = sc.D, csz = D/4, nh = sc.n_head_kv*sc.n_gqa;
+    const int n_kv = sc.n_kv, n_q = sc.n_q;
+    std::vector<uint8_t> qc, kc;
+    make_codes(rng, D, (int64_t) nh*n_q, 0, qc);
+    make_codes(rng, D, (int64_t) sc.n_head_kv*n_kv, sc.pool, kc);
+    // K codes as in a cache: rows of n_head_kv codes per cell, plus a stride pad when !vec (4-byte aligned only)
+    const int64_t row = (int64_t) sc.n_head_kv*csz + (sc.vec ? 0 : 4);
+    std::vector<uint8_t> kcache(row*n_kv + 4, 0);
+    for (int c = 0; c < n_kv; ++c) for (int h = 0; h < sc.n_head_kv; ++h)
+        memcpy(&kcache[c*row + h*csz + (sc.vec ? 0 : 4)], &kc[((int64_t) c*sc.n_head_kv + h)*csz], csz);
+    std::vector<uint16_t> mh; std::vector<float> mf;
+    const uint16_t F16_NINF = 0xFC00, F16_PINF = 0x7C00, F16_ZERO = 0;
+    std::vector<int> mcls((size_t) n_q*n_kv, 0); // 0 visible, 1 -INF, 2 +INF
+    if (sc.mask == 1) {
+        mh.resize((size_t) n_q*n_kv);
+        for (int i = 0; i < n_q; ++i) for (int c = 0; c < n_kv; ++c) {
+            const int r = rng() % 64;
+            const int cls = r < 12 ? 1 : r == 12 ? 2 : 0;
+            mcls[(size_t) i*n_kv + c] = cls;
+            mh[(size_t) i*n_kv + c] = cls == 1 ? F16_NINF : cls == 2 ? F16_PINF : F16_ZERO;
+        }
+    } else if (sc.mask == 2) {
+        mf.resize((size_t) n_q*n_kv, 0.0f);
+        for (int c = 0; c < n_kv; ++c) { mf[c] = -INFINITY; mcls[c] = 1; }
+        for (int i = 1; i < n_q; ++i) for (int c = 0; c < n_kv; ++c) {
+            const bool hole = rng() % 3 == 0;
+            mf[(size_t) i*n_kv + c] = hole ? -INFINITY : 0.5f;
+            mcls[(size_t) i*n_kv + c] = hole ? 1 : 0;
+        }
+    }
+    const int64_t n_sel = sc.group ? sc.n_head_kv : nh;
+    const int64_t nrows = n_sel*n_q;
+
+    dbuf<uint8_t> dq(qc.size()); dq.up(qc);
+    dbuf<uint8_t> dk(kcache.size()); dk.up(kcache);
+    dbuf<uint16_t> dmh(mh.size()); if (!mh.empty()) dmh.up(mh);
+    dbuf<float> dmf(mf.size()); if (!mf.empty()) dmf.up(mf);
+    dbuf<int32_t> dout(nrows*sc.budget); dout.poison();
+
+    adamas_select_args a = {};
+    a.qc = (const char *) dq.p; a.qnb1 = csz; a.qnb2 = (int64_t) csz*nh; a.qnb3 = a.qnb2*n_q;
+    a.kc = (const char *) dk.p + (sc.vec ? 0 : 4); a.knb1 = csz; a.knb2 = row; a.knb3 = row*n_kv;
+    a.mask = sc.mask == 1 ? (const char *) dmh.p : sc.mask == 2 ? (const char *) dmf.p : nullptr;
+    a.mask_f16 = sc.mask == 1;
+    a.mnb1 = (int64_t) n_kv*(sc.mask == 1 ? 2 : 4); a.mnb3 = a.mnb1*n_q; a.mne3 = 1;
+    a.n_head = nh; a.n_head_kv = sc.n_head_kv; a.n_gqa = sc.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_kv;
+    a.group = sc.group; a.budget = sc.budget; a.n_sel = n_sel;
+    a.nbins = 3*(int64_t) D*(sc.group ? sc.n_gqa : 1) + 2; a.nrows = nrows;
+    a.dist_stride = adamas_select_dist_stride(n_kv);
+    dbuf<uint16_t> ddist(nrows*a.dist_stride); dbuf<int32_t> dhist(nrows*a.nbins);
+    a.dist = ddist.p; a.hist = dhist.p;
+    a.dst = (char *) dout.p; a.onb1 = (int64_t) sc.budget*4; a.onb2 = a.onb1*n_sel; a.onb3 = a.onb2*n_q;
+
+    adamas_select_launch(a, D, sc.vec, 0);
+    CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+
+    if (ms_dist) {
+        // [0] whole op, [1] distance kernel alone, [2] emit kernel alone
+        ms_dist[0] = time_graph_us([&](cudaStream_t st) { adamas_select_launch(a, D, sc.vec, st); });
+        ms_dist[1] = time_graph_us([&](cudaStream_t st) { adamas_select_dist_launch<128>(a, sc.vec, st); });
+        const int n_sort = adamas_next_pow2(std::min(sc.budget, n_kv));
+        ms_dist[2] = time_graph_us([&](cudaStream_t st) {
+            adamas_select_emit_kernel<<<(unsigned) a.nrows, ADAMAS_SELECT_EMIT_BLOCK, n_sort*8, st>>>(a, n_sort); });
+    }
+    if (!check) return;
+
+    const std::vector<int32_t> out = dout.down();
+    int bad = 0;
+    for (int iq = 0; iq < n_q; ++iq) for (int64_t hs = 0; hs < n_sel; ++hs) {
+        std::vector<std::pair<int, int>> cand; // (rank distance, cell)
+        for (int c = 0; c < n_kv; ++c) {
+            const int cls = mcls[(size_t) iq*n_kv + c];
+            if (cls == 1) continue;
+            int d = 0;
+            if (cls == 2) d = -1;
+            else {
+                const int kvh = sc.group ? (int) hs : (int) hs/sc.n_gqa;
+                const int h0 = sc.group ? (int) hs*sc.n_gqa : (int) hs, g = sc.group ? sc.n_gqa : 1;
+                for (int j = 0; j < g; ++j)
+                    d += ref_l1(&qc[((int64_t) iq*nh + h0 + j)*csz], &kc[((int64_t) c*sc.n_head_kv + kvh)*csz], D);
+            }
+            cand.push_back({d, c});
+        }
+        std::sort(cand.begin(), cand.end(), [](auto x, auto y) { return x.first != y.first ? x.first < y.first : x.second > y.second; });
+        const int32_t * o = out.data() + ((int64_t) iq*n_sel + hs)*sc.budget;
+        for (int j = 0; j < sc.budget; ++j) {
+            const int want = j < (int) cand.size() ? cand[j].second : -1;
+            if (o[j] != want) { bad++; break; }
+        }
+    }
+    EXPECT(bad == 0, "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d %s mask=%d pool=%d vec=%d: %d rows differ",
+           D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.budget, sc.group ? "GROUP" : "HEAD", sc.mask, sc.pool, sc.vec, bad);
+}
+
+// ---- attention ----
+struct attn_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool per_head; int kt; bool mask; float softcap; };
+
+static void quant_row(int kt, const float * x, int D, std::vector<uint8_t> & out, std::vector<float> & deq) {
+    deq.resize(D);
+    if (kt == ADAMAS_KV_F32) { out.resize(D*4); memcpy(out.data(), x, D*4); for (int i = 0; i < D; ++i) deq[i] = x[i]; return; }
+    if (kt == ADAMAS_KV_F16) { out.resize(D*2); for (int i = 0; i < D; ++i) { half h = __float2half_rn(x[i]); memcpy(&out[2*i], &h, 2); deq[i] = __half2float(h); } return; }
+    if (kt == ADAMAS_KV_BF16) { out.resize(D*2); for (int i = 0; i < D; ++i) { uint32_t u; memcpy(&u, &x[i], 4); uint16_t b = (uint16_t) (u >> 16); memcpy(&out[2*i], &b, 2); const uint32_t ub = (uint32_t) b << 16; memcpy(&deq[i], &ub, 4); } return; }
+    const bool q8 = kt == ADAMAS_KV_Q8_0;
+    const int bs = q8 ? 34 : 18;
+    out.assign((D/32)*bs, 0);
+    for (int b = 0; b < D/32; ++b) {
+        float amax = 0; for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b*32 + i]));
+        const float d = q8 ? amax/127.0f : amax/8.0f;
+        const half dh = __float2half_rn(d); const float df = __half2float(dh);
+        memcpy(&out[b*bs], &dh, 2);
+        for (int i = 0; i < 32; ++i) {
+            const float v = x[b*32 + i];
+            if (q8) { int q = df ? (int) lrintf(v/df) : 0; q = std::max(-127, std::min(127, q)); out[b*bs + 2 + i] = (uint8_t) (int8_t) q; deq[b*32 + i] = (float) q*df; }
+            else { int q = df ? (int) lrintf(v/df) + 8 : 8; q = std::max(0, std::min(15, q));
+                   if (i < 16) out[b*bs + 2 + i] |= (uint8_t) q; else out[b*bs + 2 + i - 16] |= (uint8_t) (q << 4);
+                   deq[b*32 + i] = (float) (q - 8)*df; }
+        }
+    }
+}
+
+static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float * ms = nullptr) {
+    const int D = ac.D, nh = ac.n_head_kv*ac.n_gqa, n_kv = ac.n_kv, n_q = ac.n_q;
+    std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+    std::vector<float> q((size_t) D*nh*n_q);
+    for (float & v : q) v = U(rng);
+    // K/V cache [D, n_head_kv, n_kv] as llama.cpp lays it out: cell rows of n_head_kv heads
+    std::vector<uint8_t> kb, vb, tmp; std::vector<float> deq, x(D);
+    std::vector<float> kd((size_t) n_kv*ac.n_head_kv*D), vd(kd.size());
+    int64_t rs = 0;
+    for (int c = 0; c < n_kv; ++c) for (int h = 0; h < ac.n_head_kv; ++h) for (int w = 0; w < 2; ++w) {
+        for (float & v : x) v = U(rng);
+        quant_row(ac.kt, x.data(), D, tmp, deq);
+        rs = (int64_t) tmp.size();
+        auto & buf = w ? vb : kb;
+        buf.insert(buf.end(), tmp.begin(), tmp.end());
+        std::copy(deq.begin(), deq.end(), (w ? vd : kd).begin() + ((int64_t) c*ac.n_head_kv + h)*D);
+    }
+    const int64_t n_sel = ac.per_head ? nh : ac.n_head_kv;
+    std::vector<int32_t> idx((size_t) ac.budget*n_sel*n_q);
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = rng() % 9 == 0 ? -1 : (int32_t) (rng() % n_kv);
+    std::vector<uint16_t> mh((size_t) n_q*n_kv);
+    std::vector<float> mval(mh.size());
+    for (size_t i = 0; i < mh.size(); ++i) {
+        const int r = rng() % 8;
+        const float v = r == 0 ? -INFINITY : (float) (rng() % 5) - 2.0f;
+        mval[i] = v; half h = __float2half_rn(v); memcpy(&mh[i], &h, 2);
+    }
+    dbuf<float> dq(q.size()); dq.up(q);
+    dbuf<uint8_t> dk(kb.size()); dk.up(kb);
+    dbuf<uint8_t> dv(vb.size()); dv.up(vb);
+    dbuf<int32_t> di(idx.size()); di.up(idx);
+    dbuf<uint16_t> dm(mh.size()); dm.up(mh);
+    dbuf<float> dout((size_t) D*nh*n_q); dout.poison();
+
+    adamas_attn_args a = {};
+    // q as ggml_flash_attn_ext's [D, n_q, n_head, 1] view of a [D, n_head, n_q] tensor
+    a.q = (const char *) dq.p; a.qnb1 = (int64_t) D*4*nh; a.qnb2 = (int64_t) D*4; a.qnb3 = a.qnb1*n_q;
+    a.k = (const char *) dk.p; a.knb1 = rs*ac.n_head_kv; a.knb2 = rs; a.knb3 = a.knb1*n_kv; a.kt = ac.kt;
+    a.v = (const char *) dv.p; a.vnb1 = rs*ac.n_head_kv; a.vnb2 = rs; a.vnb3 = a.vnb1*n_kv; a.vt = ac.kt;
+    a.mask = ac.mask ? (const char *) dm.p : nullptr; a.mask_f16 = true; a.mnb1 = (int64_t) n_kv*2; a.mnb3 = a.mnb1*n_q; a.mne3 = 1;
+    a.idx = (const char *) di.p; a.inb1 = (int64_t) ac.budget*4; a.inb2 = a.inb1*n_sel; a.inb3 = a.inb2*n_q;
+    a.budget = ac.budget; a.per_head = ac.per_head;
+    a.n_head = nh; a.n_head_kv = ac.n_head_kv; a.n_gqa = ac.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_kv;
+    a.scale = 1.0f/sqrtf((float) D); a.softcap = ac.softcap; a.dst = dout.p;
+    dbuf<float> dpart(std::max<int64_t>(1, adamas_attn_part_size(D, nh, n_q, 1, ac.budget))); a.part = dpart.p;
+    adamas_attn_launch(a, D, 0);
+    CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+    if (ms) {
+        *ms = time_graph_us([&](cudaStream_t st) { adamas_attn_launch(a, D, st); });
+    }
+    if (!check) return;
+    const std::vector<float> out = dout.down();
+    double err2 = 0, ref2 = 0; int nonfinite = 0;
+    for (int iq = 0; iq < n_q; ++iq) for (int h = 0; h < nh; ++h) {
+        const int kvh = h/ac.n_gqa;
+        const int32_t * sel = idx.data() + ((int64_t) iq*n_sel + (ac.per_head ? h : kvh))*ac.budget;
+        std::vector<double> l(ac.budget, -INFINITY); double M = -INFINITY;
+        for (int j = 0; j < ac.budget; ++j) {
+            const int c = sel[j]; if (c < 0) continue;
+            const double mv = ac.mask ? mval[(size_t) iq*n_kv + c] : 0.0; if (mv == -INFINITY) continue;
+            double s = 0; for (int d = 0; d < D; ++d) s += (double) q[((size_t) iq*nh + h)*D + d]*kd[((size_t) c*ac.n_head_kv + kvh)*D + d];
+            s *= 1.0/sqrt((double) D);
+            if (ac.softcap != 0) s = ac.softcap*tanh(s/ac.softcap);
+            l[j] = s + mv; M = std::max(M, l[j]);
+        }
+        for (int d = 0; d < D; ++d) {
+            double o = 0, S = 0;
+            if (M != -INFINITY) for (int j = 0; j < ac.budget; ++j) if (l[j] != -INFINITY) {
+                const double p = exp(l[j] - M); S += p; o += p*vd[((size_t) sel[j]*ac.n_head_kv + kvh)*D + d]; }
+            const double ref = M == -INFINITY ? 0.0 : o/S;
+            const float got = out[((size_t) iq*nh + h)*D + d];
+            nonfinite += !std::isfinite(got);
+            err2 += (got - ref)*(got - ref); ref2 += ref*ref;
+        }
+    }
+    const double rel = sqrt(err2/std::max(ref2, 1e-30));
+    EXPECT(nonfinite == 0 && rel < 1e-4, "attn D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d per_head=%d type=%d mask=%d softcap=%g: rel err %.3g, %d non-finite",
+           D, ac.n_head_kv, ac.n_gqa, n_kv, n_q, ac.budget, ac.per_head, ac.kt, ac.mask, ac.softcap, rel, nonfinite);
+}
+
+static int do_check(unsigned seed) {
+    std::mt19937 rng(seed);
+    printf("seed %u\n", seed);
+    for (int D : {32, 64, 128, 256}) {
+        for (int mode : {0, 1}) for (bool skip : {false, true}) for (bool f16 : {false, true}) {
+            check_encode(rng, D, 5, 9, mode, mode ? 0.5f : 0.05f, skip, f16, false, false);
+        }
+        check_encode(rng, D, 4, 33, 1, 1.0f, false, false, true, false);
+        check_encode(rng, D, 3, 20, 0, 0.1f, false, false, true, true);
+    }
+    for (int D : {32, 64, 128, 256}) for (bool group : {false, true}) for (int gqa : {1, 3, 4, 8}) {
+        for (int n_kv : {1, 37, 700, 9000}) for (int budget : {1, 64, 1000}) {
+            const int mask = (n_kv + budget + gqa) % 3, pool = n_kv % 2 ? 3 : 0;
+            run_select({D, 2, gqa, n_kv, (mask == 2) ? 2 : 1, budget, group, mask, pool, (D + n_kv) % 4 != 0}, rng, true);
+        }
+    }
+    run_select({128, 8, 4, 40000, 1, 256, true, 1, 0, true}, rng, true);
+    run_select({128, 8, 4, 40000, 1, 4096, false, 0, 2, true}, rng, true);
+    run_select({64, 1, 32, 5000, 1, 100, true, 1, 0, true}, rng, true);   // MQA: 32 heads on one KV head
+    run_select({256, 1, 16, 3000, 3, 300, false, 1, 5, true}, rng, true);
+    for (int D : {32, 64, 128, 256}) for (int kt : {0, 1, 2, 3, 4}) for (int gqa : {1, 3, 8}) for (bool per_head : {false, true}) {
+        run_attn({D, 2, gqa, 500, 1 + (kt % 2), 1 + (D*kt + gqa) % 300, per_head, kt, (kt + gqa) % 2 == 0, kt == 2 ? 20.0f : 0.0f}, rng, true);
+    }
+    run_attn({128, 8, 4, 4000, 1, 1024, false, 1, true, 0.0f}, rng, true);
+    run_attn({128, 1, 32, 3000, 1, 256, false, 1, true, 0.0f}, rng, true); // MQA: 4 blocks of 8 heads
+    printf("%d checks, %d failed\n", g_checks, g_fail);
+    return g_fail ? 1 : 0;
+}
+
+static int do_bench() {
+    std::mt19937 rng(1);
+    cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    printf("times in us per call, CUDA graph replays\n");
+    printf("| n_kv | heads q/kv | budget | mode | select | (dist | emit) | codes MiB | select GB/s | attn f16 |\n|---:|---:|---:|:---|---:|---:|---:|---:|---:|---:|\n");
+    for (int n_kv : {8192, 32768, 131072}) for (int n_head_kv : {32, 8}) for (int budget : {64, 256, 1024}) {
+        for (bool group : {true, false}) {
+            if (!group && n_head_kv == 32) continue;
+            float ms_s[3] = {0, 0, 0}, ms_a = 0;
+            run_select({128, n_head_kv, 32/n_head_kv, n_kv, 1, budget, group, 1, 0, true}, rng, false, ms_s);
+            run_attn({128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, true, 0.0f}, rng, false, &ms_a);
+            const double mib = (double) n_kv*n_head_kv*32/1048576.0;
+            printf("| %d | 32/%d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.0f | %.1f |\n", n_kv, n_head_kv, budget, group ? "group" : "head",
+                   ms_s[0], ms_s[1], ms_s[2], mib, mib*1048576.0/(ms_s[0]*1e-6)/1e9, ms_a);
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char ** argv) {
+    const std::string cmd = argc > 1 ? argv[1] : "check";
+    if (cmd == "check") return do_check(argc > 2 ? (unsigned) atoi(argv[2]) : 42u);
+    if (cmd == "bench") return do_bench();
+    fprintf(stderr, "usage: %s check [seed] | bench\n", argv[0]);
+    return 2;
+}
