@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Build and test adamas_gguf on a CUDA machine that reaches no package index (our GPU test machine).
+# Build, test and benchmark adamas_gguf on a CUDA machine that reaches no package index (our GPU test machine),
+# in steps that each fit a 10-minute call:
 #
-#   scripts/device.sh bundle   here, with a package index: fill .device/ (git-ignored, ~6.5 MiB) with the
-#                              trimmed upstream tree and the wheels the GPU machine lacks
-#   scripts/device.sh build    there: install into that machine's python3 (a venv of the image's own,
-#                              which holds scikit-build-core, cmake and ninja); CUDA build (CUDA_ARCHS, default 90)
-#   scripts/device.sh test     there: CTest (CPU and CUDA decode tests) and the CLI on a tiny model on GPU
+#   scripts/device.sh bundle    here, with a package index: fill .device/ (git-ignored, ~6.5 MiB) with the
+#                               trimmed upstream tree and the wheels the GPU machine lacks
+#   scripts/device.sh kernels   there: the standalone kernel harness (seconds to build): checks against scalar
+#                               references, compute-sanitizer (memcheck, racecheck), kernel times
+#   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90)
+#   scripts/device.sh test      there: CTest (CPU and CUDA decode tests, test-backend-ops on every Adamas case)
+#   scripts/device.sh perf      there: test-backend-ops perf of the Adamas ops and of upstream flash attention
+#   scripts/device.sh passkey   there: SmolLM2 passkey answers on CPU and GPU (model: $ADAMAS_MODEL, or the
+#                               parts .device/m1/smol.part.aa + .device/m2/smol.part.ab joined, sent in two calls)
+#   scripts/device.sh e2e       there: random 7B MHA / 8B GQA Q4_0 models, decode t/s at depth, dense vs budgets
 #
 # Logs go to $OUT when it is set (the device tool brings that folder back).
 set -euo pipefail
@@ -13,6 +19,7 @@ cd "$(dirname "$0")/.."
 BUNDLE=.device
 LOG=${OUT:-/tmp}
 PY=${PYTHON:-python3}
+BUILD=build/cuda
 
 case "${1:-}" in
 bundle)
@@ -23,29 +30,55 @@ bundle)
         "llama-cpp-python==0.3.36" "gguf==0.19.0" "diskcache==5.6.3"
     du -sh "$BUNDLE"
     ;;
+kernels)
+    H=ggml_adamas/tests/cuda/adamas-cuda-harness.cu
+    nvcc -O3 -std=c++17 -arch=sm_${CUDA_ARCHS:-90} -use_fast_math -lineinfo -I ggml_adamas/src/ggml-cuda "$H" -o /tmp/adamas-harness
+    /tmp/adamas-harness check 42 | tail -1
+    /tmp/adamas-harness check 7 | tail -1
+    compute-sanitizer --tool memcheck /tmp/adamas-harness check 3 2>&1 | tail -2
+    compute-sanitizer --tool racecheck /tmp/adamas-harness check 5 2>&1 | tail -2
+    /tmp/adamas-harness bench | tee "$LOG/kernels.md"
+    ;;
 build)
     $PY -m pip install -q --no-index --no-deps "$BUNDLE"/wheels/*.whl
     export ADAMAS_UPSTREAM="$PWD/$BUNDLE/upstream.tar.xz" ADAMAS_GGUF_CACHE=/tmp/adamas-cache
     export CMAKE_ARGS="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHS:-90}"
     /usr/bin/time -f "build wall %e s" $PY -m pip install -v --no-index --no-build-isolation --no-deps \
-        -Ccmake.define.ADAMAS_BUILD_TESTS=ON -Cbuild-dir=build/cuda . > "$LOG/build.log" 2>&1 \
+        -Ccmake.define.ADAMAS_BUILD_TESTS=ON -Cbuild-dir=$BUILD . > "$LOG/build.log" 2>&1 \
         || { tail -50 "$LOG/build.log"; exit 1; }
     tail -3 "$LOG/build.log"
     ;;
 test)
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-    ctest --test-dir build/cuda -j4 --output-on-failure 2>&1 | tee "$LOG/ctest.log" | tail -25
-    $PY - <<'PY'
-import adamas_gguf, subprocess, sys
-print("loaded:", adamas_gguf._lib.loaded_libraries())
-from adamas_gguf import _build_info
-assert _build_info.CUDA, "not a CUDA build"
-PY
-    $PY models/tiny.py --out /tmp/tiny mha-d128 > /dev/null
-    $PY -m adamas_gguf run /tmp/tiny/mha-d128.gguf -p "hello" -n 16 --temp 0 -ngl 99 --verbose \
-        2> "$LOG/cli.log" | od -c | head -3
-    grep -E "offloaded|CUDA0" "$LOG/cli.log" | head -5
+    ctest --test-dir $BUILD -j8 -E "^backend-ops" --output-on-failure > "$LOG/ctest.log" 2>&1 || { grep -E "Failed|FAIL|Error" "$LOG/ctest.log" | head -40; tail -5 "$LOG/ctest.log"; exit 1; }
+    tail -3 "$LOG/ctest.log"
+    for op in ADAMAS_ENCODE ADAMAS_SELECT ADAMAS_ATTN; do
+        $BUILD/tests/cpp/test-backend-ops test -b CUDA0 -o $op 2>&1 | grep -E "tests passed|Backend CUDA0|FAIL" | head -5
+    done
+    $PY -c "import adamas_gguf; from adamas_gguf import _build_info; assert _build_info.CUDA, 'not a CUDA build'; print('CUDA build loaded')"
+    ;;
+perf)
+    for op in ADAMAS_ENCODE ADAMAS_SELECT ADAMAS_ATTN FLASH_ATTN_EXT; do
+        $BUILD/tests/cpp/test-backend-ops perf -b CUDA0 -o $op 2>&1 | grep -E "^ +$op\(" | grep -E "$([ $op = FLASH_ATTN_EXT ] && echo 'hsk=128,hsv=128,nh=(32|8),nr23=\[(1|4),1\],kv=(8192|32768|131072),nb=1,mask=1,sinks=0,max_bias=0.000000,logit_softcap=0.000000,prec=f32,type_K=f16' || echo .)" \
+            | sed -E 's/ +/ /g' | tee -a "$LOG/perf.txt"
+    done
+    ;;
+passkey)
+    if [ -z "${ADAMAS_MODEL:-}" ]; then
+        export ADAMAS_MODEL=/tmp/smollm2.gguf
+        [ -f $ADAMAS_MODEL ] || cat /tmp/smol.part.aa $BUNDLE/m2/smol.part.ab > $ADAMAS_MODEL
+    fi
+    sha256sum $ADAMAS_MODEL
+    $PY scripts/passkey_devices.py "$ADAMAS_MODEL" | tee "$LOG/passkey.md"
+    ;;
+e2e)
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
+    [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
+    B=$BUILD/tests/cpp/bench-adamas-decode
+    $B -m /tmp/r7b.gguf -d ${D7:-8192,32768,65536} -b ${BUDGETS:-0,64,256} -n 64 -r 3 | tee -a "$LOG/e2e.md"
+    $B -m /tmp/r8b.gguf -d ${D8:-32768,131072} -b ${BUDGETS:-0,64,256} -n 64 -r 3 | tee -a "$LOG/e2e.md"
     ;;
 *)
-    sed -n 2,10p "$0"; exit 2 ;;
+    sed -n 2,16p "$0"; exit 2 ;;
 esac
