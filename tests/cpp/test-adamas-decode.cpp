@@ -297,7 +297,9 @@ int main(int argc, char ** argv) {
             llama_free(e);
             return x == y;
         }();
-        if (dense_exact) {
+        // a sliding-window cache reloads its cells in another order: the sparse layers then attend over the
+        // same cells in another order too, even where dense happens to come out bitwise (seen with 16 threads)
+        if (dense_exact && llama_model_n_swa(R.model) == 0) {
             CHECK(tail_a == tail_b, "%s: after save/load the logits differ (max rel diff %g)", tn, max_rel_diff(tail_b, tail_a));
         } else {
             CHECK(max_rel_diff(tail_b, tail_a) < 1e-3, "%s: after save/load the logits differ by %g", tn, max_rel_diff(tail_b, tail_a));

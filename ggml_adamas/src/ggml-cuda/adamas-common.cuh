@@ -16,6 +16,7 @@
 #endif
 #endif
 
+#include <climits>
 #include <cstdint>
 
 // the I8 code layout of ggml-adamas.h: a sign plane then a magnitude plane, D/8 bytes each

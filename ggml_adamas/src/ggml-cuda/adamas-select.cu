@@ -8,7 +8,8 @@
 //   emit:      one block per selection row. A scan of the histogram finds the threshold distance d* at which
 //              the count reaches the budget; one pass over the row's distances, from the highest cell down,
 //              compacts the cells below d* and the highest cells at d* (block prefix sums keep that order);
-//              a bitonic sort of the at most `budget` candidates by (distance asc, cell desc) gives the ranking.
+//              the at most `budget` candidates are ranked by (distance asc, cell desc): by counting for up to
+//              one per thread, else by a bitonic sort in shared memory.
 //
 // The result is the CPU kernel's exactly: same distances, same tie rule. O(n_kv) work, no global sort.
 
@@ -18,9 +19,9 @@
 #include "ggml-adamas.h"
 #endif
 
-#define ADAMAS_SELECT_CHUNK      2048   // cells per distance block
+#define ADAMAS_SELECT_DIST_CELLS_T 4    // cells per thread of a distance block (one round)
 #define ADAMAS_SELECT_DIST_BLOCK 256    // threads per distance block
-#define ADAMAS_SELECT_EMIT_BLOCK 1024   // threads per emit block (one row)
+#define ADAMAS_SELECT_EMIT_BLOCK 512    // threads per emit block (one row)
 #define ADAMAS_SELECT_EMIT_PER_T 16     // cells per thread and emit tile (two 16-byte loads)
 #define ADAMAS_SELECT_MAX_SORT   16384  // candidates the emit block sorts in shared memory (bounds the budget)
 #define ADAMAS_SELECT_MAX_SMEM   (160*1024)
@@ -36,6 +37,8 @@ struct adamas_select_args {
     int64_t n_sel;     // selection rows per (query, stream)
     int64_t nbins;     // histogram bins per row: 3*D*(group ? n_gqa : 1) + 2
     int64_t nrows;
+    int     hb;        // KV heads per distance block (adamas_select_hb)
+    int64_t chunk;     // cells per distance block
 
     uint16_t * dist;  int64_t dist_stride;        // [nrows][dist_stride], dist_stride a multiple of EMIT_PER_T
     int32_t  * hist;                              // [nrows][nbins], zeroed before the distance kernel
@@ -78,61 +81,73 @@ static __device__ __forceinline__ uint32_t adamas_l1(const uint32_t * q, const u
 }
 
 template <int D, bool VEC>
-static __global__ void adamas_select_dist_kernel(const adamas_select_args a) {
+static __global__ void __launch_bounds__(ADAMAS_SELECT_DIST_BLOCK, 3) // 3 blocks per SM: more loads in flight
+adamas_select_dist_kernel(const adamas_select_args a) {
     constexpr int NW = D/16;
+    constexpr int DU = D >= 256 ? 2 : 4; // cells per thread and round, their loads issued together
 
-    // KV head fastest in the grid: the blocks of one cell chunk run together, and each cell's row holds all
-    // KV heads' codes, so together they read whole rows
-    const int64_t kvh = blockIdx.x;
-    const int64_t iq  = blockIdx.z % a.n_q;
-    const int64_t is  = blockIdx.z / a.n_q;
-    const int64_t c0  = (int64_t) blockIdx.y*ADAMAS_SELECT_CHUNK;
-    const int64_t c1  = min(c0 + ADAMAS_SELECT_CHUNK, a.n_kv);
+    // HB adjacent KV heads per block, a thread per (cell, head) with the head fastest: a cell's codes of all KV
+    // heads are contiguous in the cache row, so HB threads read HB*D/4 contiguous bytes (whole DRAM bursts,
+    // where one head's 32 bytes alone would waste half of each)
+    const int     HB    = a.hb;
+    const int64_t kvh0  = (int64_t) blockIdx.x*HB;
+    const int64_t iq    = blockIdx.z % a.n_q;
+    const int64_t is    = blockIdx.z / a.n_q;
+    const int64_t c0    = (int64_t) blockIdx.y*a.chunk;
+    const int64_t c1    = min(c0 + a.chunk, a.n_kv);
 
-    const int     g     = (int) a.n_gqa;                 // query heads of this KV head
-    const int     nh    = a.group ? 1 : g;               // histogram rows of this block
+    const int     g     = (int) a.n_gqa;                 // query heads of a KV head
+    const int     nh    = a.group ? 1 : g;               // histogram rows per KV head
     const int64_t nbins = a.nbins;
 
     extern __shared__ uint32_t smem[];
-    uint32_t * qw = smem;                                // g codes of NW words
-    int      * hs = (int *) (qw + g*NW);                 // nh*nbins
+    uint32_t * qw   = smem;                              // HB*g codes of NW words
+    int      * hs   = (int *) (qw + HB*g*NW);            // HB*nh rows of nbins
+    int      * rlo  = hs + HB*nh*nbins;                  // per KV head: smallest and largest bin used
+    int      * rhi  = rlo + HB;
 
-    for (int k = threadIdx.x; k < g*NW; k += blockDim.x) {
-        const int j = k / NW;
-        const int w = k % NW;
-        qw[k] = ((const uint32_t *) (a.qc + (kvh*g + j)*a.qnb1 + iq*a.qnb2 + is*a.qnb3))[w];
+    for (int k = threadIdx.x; k < HB*g*NW; k += blockDim.x) {
+        qw[k] = ((const uint32_t *) (a.qc + (kvh0*g + k/NW)*a.qnb1 + iq*a.qnb2 + is*a.qnb3))[k % NW];
     }
-    for (int64_t k = threadIdx.x; k < nh*nbins; k += blockDim.x) {
+    for (int64_t k = threadIdx.x; k < HB*nh*nbins; k += blockDim.x) {
         hs[k] = 0;
+    }
+    if (threadIdx.x < HB) {
+        rlo[threadIdx.x] = INT_MAX;
+        rhi[threadIdx.x] = -1;
     }
     __syncthreads();
 
-    // first selection row of the block; HEAD rows of the group are consecutive
-    const int64_t row0 = (a.group ? kvh : kvh*g) + a.n_sel*(iq + a.n_q*is);
-    const char *  mrow = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
-    const char *  kb   = a.kc + kvh*a.knb1 + is*a.knb3;
+    const int     hb    = threadIdx.x % HB;
+    const int64_t kvh   = kvh0 + hb;
+    const int64_t step  = blockDim.x / HB;              // cells per round and unroll slot
+    const int64_t row0  = (a.group ? kvh : kvh*g) + a.n_sel*(iq + a.n_q*is);
+    const char *  mrow  = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
+    const char *  kb    = a.kc + kvh*a.knb1 + is*a.knb3;
+    const uint32_t * qh = qw + hb*g*NW;
+    int * hrow = hs + hb*nh*nbins;
+    int lo = INT_MAX, hi = -1;
 
-    // DU cells per thread and round, their code loads issued together
-    constexpr int DU = 4;
-    for (int64_t cb = c0 + threadIdx.x; cb < c1; cb += DU*blockDim.x) {
+    for (int64_t cb = c0 + threadIdx.x / HB; cb < c1; cb += DU*step) {
         uint32_t k[DU][NW];
         int      cls[DU]; // 0 ranked, 1 -INF, 2 +INF, 3 past the chunk
 #pragma unroll
         for (int u = 0; u < DU; ++u) {
-            const int64_t c = cb + u*blockDim.x;
+            const int64_t c = cb + u*step;
             cls[u] = c < c1 ? 0 : 3;
-            if (cls[u] == 0 && mrow) {
-                const uint32_t mv = adamas_mask_bits(mrow, a.mask_f16, c);
-                cls[u] = mv == (a.mask_f16 ? ADAMAS_F16_NINF : ADAMAS_F32_NINF) ? 1
-                       : mv == (a.mask_f16 ? ADAMAS_F16_PINF : ADAMAS_F32_PINF) ? 2 : 0;
-            }
             if (cls[u] == 0) {
+                // the code load does not wait for the mask: masked cells are few (padding, other sequences)
                 adamas_load_code<D, VEC>(kb + c*a.knb2, k[u]);
+                if (mrow) {
+                    const uint32_t mv = adamas_mask_bits(mrow, a.mask_f16, c);
+                    cls[u] = mv == (a.mask_f16 ? ADAMAS_F16_NINF : ADAMAS_F32_NINF) ? 1
+                           : mv == (a.mask_f16 ? ADAMAS_F16_PINF : ADAMAS_F32_PINF) ? 2 : 0;
+                }
             }
         }
 #pragma unroll
         for (int u = 0; u < DU; ++u) {
-            const int64_t c = cb + u*blockDim.x;
+            const int64_t c = cb + u*step;
             if (cls[u] == 3) {
                 continue;
             }
@@ -140,32 +155,46 @@ static __global__ void adamas_select_dist_kernel(const adamas_select_args a) {
                 for (int r = 0; r < nh; ++r) {
                     a.dist[(row0 + r)*a.dist_stride + c] = cls[u] == 1 ? ADAMAS_DIST_NONE : 0;
                     if (cls[u] == 2) {
-                        atomicAdd(&hs[r*nbins], 1);
+                        atomicAdd(&hrow[r*nbins], 1);
+                        lo = 0;
                     }
                 }
                 continue;
             }
             if (a.group) {
-                uint32_t d = 0;
+                uint32_t d = 1;
                 for (int j = 0; j < g; ++j) {
-                    d += adamas_l1<D>(qw + j*NW, k[u]);
+                    d += adamas_l1<D>(qh + j*NW, k[u]);
                 }
-                a.dist[row0*a.dist_stride + c] = (uint16_t) (d + 1);
-                atomicAdd(&hs[d + 1], 1);
+                a.dist[row0*a.dist_stride + c] = (uint16_t) d;
+                atomicAdd(&hrow[d], 1);
+                lo = min(lo, (int) d);
+                hi = max(hi, (int) d);
             } else {
                 for (int j = 0; j < g; ++j) {
-                    const uint32_t d = adamas_l1<D>(qw + j*NW, k[u]);
-                    a.dist[(row0 + j)*a.dist_stride + c] = (uint16_t) (d + 1);
-                    atomicAdd(&hs[j*nbins + d + 1], 1);
+                    const uint32_t d = 1 + adamas_l1<D>(qh + j*NW, k[u]);
+                    a.dist[(row0 + j)*a.dist_stride + c] = (uint16_t) d;
+                    atomicAdd(&hrow[j*nbins + d], 1);
+                    lo = min(lo, (int) d);
+                    hi = max(hi, (int) d);
                 }
             }
         }
     }
+    if (lo <= hi || lo == 0) {
+        atomicMin(&rlo[hb], lo);
+        atomicMax(&rhi[hb], max(hi, lo));
+    }
     __syncthreads();
 
-    for (int64_t k = threadIdx.x; k < nh*nbins; k += blockDim.x) {
-        if (hs[k] != 0) {
-            atomicAdd(&a.hist[(row0 + k/nbins)*nbins + k%nbins], hs[k]);
+    // only the bins the block used go to the global histograms
+    for (int64_t k = threadIdx.x; k < HB*nh*nbins; k += blockDim.x) {
+        const int r = (int) (k / nbins);
+        const int b = (int) (k % nbins);
+        const int h = r / nh;
+        if (b >= rlo[h] && b <= rhi[h] && hs[k] != 0) {
+            const int64_t row = (a.group ? kvh0 + r : kvh0*g + r) + a.n_sel*(iq + a.n_q*is);
+            atomicAdd(&a.hist[row*nbins + b], hs[k]);
         }
     }
 }
@@ -310,12 +339,28 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
             break; // block-uniform
         }
     }
+    __syncthreads();
+
+    // ranking: ascending keys = distance asc, then cell desc (keys are distinct)
+    if (n_out <= (int) blockDim.x) {
+        // one candidate per thread: its rank is the number of smaller keys
+        if ((int) threadIdx.x < n_out) {
+            const unsigned long long key = keys[threadIdx.x];
+            int rank = 0;
+            for (int j = 0; j < n_out; ++j) {
+                rank += keys[j] < key;
+            }
+            out[rank] = (int32_t) ~(uint32_t) (key & 0xFFFFFFFFull);
+        }
+        for (int j = n_out + threadIdx.x; j < a.budget; j += blockDim.x) {
+            out[j] = -1;
+        }
+        return;
+    }
     for (int i = n_out + threadIdx.x; i < n_sort; i += blockDim.x) {
         keys[i] = ~0ull;
     }
     __syncthreads();
-
-    // ranking: ascending keys = distance asc, then cell desc
     for (int k = 2; k <= n_sort; k <<= 1) {
         for (int j = k >> 1; j > 0; j >>= 1) {
             for (int i = threadIdx.x; i < n_sort; i += blockDim.x) {
@@ -346,8 +391,22 @@ static int adamas_next_pow2(int n) {
     return p;
 }
 
-static size_t adamas_select_dist_smem(int D, int64_t n_gqa, bool group, int64_t nbins) {
-    return (size_t) n_gqa*(D/16)*sizeof(uint32_t) + (size_t) (group ? 1 : n_gqa)*nbins*sizeof(int);
+static size_t adamas_select_dist_smem(int D, int64_t n_gqa, bool group, int64_t nbins, int hb) {
+    return (size_t) hb*n_gqa*(D/16)*sizeof(uint32_t) + (size_t) hb*(group ? 1 : n_gqa)*nbins*sizeof(int)
+         + 2*hb*sizeof(int);
+}
+
+// KV heads per distance block: 4 (128 contiguous bytes per cell at D = 128) while the block's histograms stay
+// small (they are zeroed and scanned per block), else 2 or 1
+static int adamas_select_hb(int D, int64_t n_head_kv, int64_t n_gqa, bool group, int64_t nbins) {
+    const int64_t rows = group ? 1 : n_gqa; // histogram rows per KV head
+    for (int hb : { 4, 2 }) {
+        if (n_head_kv % hb == 0 && hb*rows*nbins <= 2048 &&
+            adamas_select_dist_smem(D, n_gqa, group, nbins, hb) <= ADAMAS_SELECT_MAX_SMEM) {
+            return hb;
+        }
+    }
+    return 1;
 }
 
 template <typename K>
@@ -360,9 +419,8 @@ static void adamas_set_smem(K kernel, size_t smem) {
 
 template <int D>
 static void adamas_select_dist_launch(const adamas_select_args & a, bool vec, cudaStream_t stream) {
-    const size_t smem = adamas_select_dist_smem(D, a.n_gqa, a.group, a.nbins);
-    const dim3 grid((unsigned) a.n_head_kv, (unsigned) ((a.n_kv + ADAMAS_SELECT_CHUNK - 1)/ADAMAS_SELECT_CHUNK),
-                    (unsigned) (a.n_q*a.ns));
+    const size_t smem = adamas_select_dist_smem(D, a.n_gqa, a.group, a.nbins, a.hb);
+    const dim3 grid((unsigned) (a.n_head_kv/a.hb), (unsigned) ((a.n_kv + a.chunk - 1)/a.chunk), (unsigned) (a.n_q*a.ns));
     if (vec) {
         adamas_set_smem(adamas_select_dist_kernel<D, true>, smem);
         adamas_select_dist_kernel<D, true><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
@@ -372,11 +430,13 @@ static void adamas_select_dist_launch(const adamas_select_args & a, bool vec, cu
     }
 }
 
-// a.dist and a.hist must hold nrows*dist_stride uint16 and nrows*nbins int32
-static void adamas_select_launch(const adamas_select_args & a, int D, bool vec, cudaStream_t stream) {
+// a.dist and a.hist must hold nrows*dist_stride uint16 and nrows*nbins int32; sets a.hb and a.chunk
+static void adamas_select_launch(adamas_select_args & a, int D, bool vec, cudaStream_t stream) {
     if (a.nrows == 0) {
         return;
     }
+    a.hb    = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins);
+    a.chunk = (int64_t) (ADAMAS_SELECT_DIST_BLOCK/a.hb)*ADAMAS_SELECT_DIST_CELLS_T;
     cudaMemsetAsync(a.hist, 0, a.nrows*a.nbins*sizeof(int32_t), stream);
     if (a.n_kv > 0) {
         switch (D) {
@@ -410,7 +470,7 @@ bool ggml_cuda_adamas_select_supported(int device, const ggml_tensor * op) {
     const int64_t nbins  = 3*(int64_t) D*(group ? n_gqa : 1) + 2;
     // the candidates are sorted in shared memory, and the distance blocks hold their histograms there
     return ggml_adamas_supported_dim(D) && budget <= ADAMAS_SELECT_MAX_SORT &&
-           adamas_select_dist_smem(D, n_gqa, group, nbins) <= ADAMAS_SELECT_MAX_SMEM &&
+           adamas_select_dist_smem(D, n_gqa, group, nbins, 1) <= ADAMAS_SELECT_MAX_SMEM &&
            kc->ne[2] < INT32_MAX;
 }
 

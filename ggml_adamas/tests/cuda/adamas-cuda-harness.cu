@@ -430,6 +430,14 @@ int main(int argc, char ** argv) {
     const std::string cmd = argc > 1 ? argv[1] : "check";
     if (cmd == "check") return do_check(argc > 2 ? (unsigned) atoi(argv[2]) : 42u);
     if (cmd == "bench") return do_bench();
-    fprintf(stderr, "usage: %s check [seed] | bench\n", argv[0]);
+    if (cmd == "one" && argc >= 6) { // one select and one attention launch, for a profiler
+        std::mt19937 rng(1);
+        const int n_kv = atoi(argv[2]), n_head_kv = atoi(argv[3]), budget = atoi(argv[4]);
+        const bool group = std::string(argv[5]) == "group";
+        run_select({128, n_head_kv, 32/n_head_kv, n_kv, 1, budget, group, 0, 0, true}, rng, false);
+        run_attn({128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, false, 0.0f}, rng, false);
+        return 0;
+    }
+    fprintf(stderr, "usage: %s check [seed] | bench | one N_KV N_HEAD_KV BUDGET group|head\n", argv[0]);
     return 2;
 }
