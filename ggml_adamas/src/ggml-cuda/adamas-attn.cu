@@ -14,7 +14,7 @@
 
 #define ADAMAS_ATTN_NWARP 8
 #define ADAMAS_ATTN_U     4
-#define ADAMAS_ATTN_SLOTS 64   // slots per block (two rounds of U per warp)
+#define ADAMAS_ATTN_SLOTS 64   // slots per block (one round of 2U per warp, two of U at D = 256)
 
 enum adamas_kv_type { ADAMAS_KV_F32, ADAMAS_KV_F16, ADAMAS_KV_BF16, ADAMAS_KV_Q8_0, ADAMAS_KV_Q4_0 };
 
@@ -92,7 +92,7 @@ template <int D, int NG>
 static __global__ void __launch_bounds__(ADAMAS_ATTN_NWARP*WARP_SIZE)
 adamas_attn_kernel(const adamas_attn_args a) {
     constexpr int E = D/WARP_SIZE;
-    constexpr int U = ADAMAS_ATTN_U;
+    constexpr int U = D <= 128 ? 2*ADAMAS_ATTN_U : ADAMAS_ATTN_U; // one round of the block's slots where registers allow
 
     const int lane = threadIdx.x % WARP_SIZE;
     const int warp = threadIdx.x / WARP_SIZE;
