@@ -435,8 +435,13 @@ static void adamas_select_launch(adamas_select_args & a, int D, bool vec, cudaSt
     if (a.nrows == 0) {
         return;
     }
-    a.hb    = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins);
-    a.chunk = (int64_t) (ADAMAS_SELECT_DIST_BLOCK/a.hb)*ADAMAS_SELECT_DIST_CELLS_T;
+    a.hb = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins);
+    // cells per block: one round of 4 per thread, or more rounds while the grid still gives every SM about six
+    // blocks (so longer blocks spread their query-code load and histogram flush over more cells)
+    const int64_t round  = (int64_t) (ADAMAS_SELECT_DIST_BLOCK/a.hb)*ADAMAS_SELECT_DIST_CELLS_T;
+    const int64_t target = 132*6;
+    const int64_t want   = a.n_kv*(a.n_head_kv/a.hb)*a.n_q*a.ns/target;
+    a.chunk = std::max<int64_t>(1, std::min<int64_t>(16, want/round))*round;
     cudaMemsetAsync(a.hist, 0, a.nrows*a.nbins*sizeof(int32_t), stream);
     if (a.n_kv > 0) {
         switch (D) {
