@@ -37,6 +37,7 @@ struct adamas_select_args {
     int64_t n_sel;     // selection rows per (query, stream)
     int64_t nbins;     // histogram bins per row: 3*D*(group ? n_gqa : 1) + 2
     int64_t nrows;
+    int     n_sm;      // multiprocessors of the device (sizes the distance grid)
     int     hb;        // KV heads per distance block (adamas_select_hb)
     int64_t chunk;     // cells per distance block
 
@@ -439,7 +440,7 @@ static void adamas_select_launch(adamas_select_args & a, int D, bool vec, cudaSt
     // cells per block: one round of 4 per thread, or more rounds while the grid still gives every SM about six
     // blocks (so longer blocks spread their query-code load and histogram flush over more cells)
     const int64_t round  = (int64_t) (ADAMAS_SELECT_DIST_BLOCK/a.hb)*ADAMAS_SELECT_DIST_CELLS_T;
-    const int64_t target = 132*6;
+    const int64_t target = (int64_t) std::max(1, a.n_sm)*6;
     const int64_t want   = a.n_kv*(a.n_head_kv/a.hb)*a.n_q*a.ns/target;
     a.chunk = std::max<int64_t>(1, std::min<int64_t>(16, want/round))*round;
     cudaMemsetAsync(a.hist, 0, a.nrows*a.nbins*sizeof(int32_t), stream);
@@ -506,6 +507,7 @@ void ggml_cuda_op_adamas_select(ggml_backend_cuda_context & ctx, ggml_tensor * d
     a.nbins     = 3*(int64_t) D*(a.group ? a.n_gqa : 1) + 2;
     a.nrows     = a.n_sel*a.n_q*a.ns;
     a.dst  = (char *) dst->data; a.onb1 = dst->nb[1]; a.onb2 = dst->nb[2]; a.onb3 = dst->nb[3];
+    a.n_sm = ggml_cuda_info().devices[ctx.device].nsm;
     GGML_ASSERT(a.nbins < ADAMAS_DIST_NONE);
 
     a.dist_stride = adamas_select_dist_stride(a.n_kv);

@@ -228,6 +228,7 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     a.dist_stride = adamas_select_dist_stride(n_kv);
     dbuf<uint16_t> ddist(nrows*a.dist_stride); dbuf<int32_t> dhist(nrows*a.nbins);
     a.dist = ddist.p; a.hist = dhist.p;
+    { cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0)); a.n_sm = prop.multiProcessorCount; }
     a.dst = (char *) dout.p; a.onb1 = (int64_t) sc.budget*4; a.onb2 = a.onb1*n_sel; a.onb3 = a.onb2*n_q;
 
     adamas_select_launch(a, D, sc.vec, 0);
