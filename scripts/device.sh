@@ -50,17 +50,27 @@ build)
     ;;
 test)
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-    ctest --test-dir $BUILD -j8 -E "^backend-ops" --output-on-failure > "$LOG/ctest.log" 2>&1 || { grep -E "Failed|FAIL|Error" "$LOG/ctest.log" | head -40; tail -5 "$LOG/ctest.log"; exit 1; }
-    tail -3 "$LOG/ctest.log"
+    rc=0
+    ctest --test-dir $BUILD -j8 -E "^backend-ops" --output-on-failure > "$LOG/ctest.log" 2>&1 || rc=1
+    grep -E "tests passed|FAIL|Failed" "$LOG/ctest.log" | head -20
     for op in ADAMAS_ENCODE ADAMAS_SELECT ADAMAS_ATTN; do
-        $BUILD/tests/cpp/test-backend-ops test -b CUDA0 -o $op 2>&1 | grep -E "tests passed|Backend CUDA0|FAIL" | head -5
+        $BUILD/tests/cpp/test-backend-ops test -b CUDA0 -o $op > "$LOG/backend-ops-$op.log" 2>&1 || rc=1
+        echo "$op: $(grep -cE '^ +'$op'.*OK' "$LOG/backend-ops-$op.log") OK, $(grep -cE '^ +'$op'.*FAIL' "$LOG/backend-ops-$op.log") FAIL, $(grep -cE 'not supported' "$LOG/backend-ops-$op.log") not supported; $(grep -E 'tests passed' "$LOG/backend-ops-$op.log")"
     done
-    $PY -c "import adamas_gguf; from adamas_gguf import _build_info; assert _build_info.CUDA, 'not a CUDA build'; print('CUDA build loaded')"
+    $PY -c "import adamas_gguf; from adamas_gguf import _build_info; assert _build_info.CUDA, 'not a CUDA build'; print('CUDA build loaded')" || rc=1
+    exit $rc
     ;;
 perf)
+    # PERF_KV: the cache sizes to time, a regex (default all three: 8192|32768|131072)
+    KV=${PERF_KV:-8192|32768|131072}
     for op in ADAMAS_ENCODE ADAMAS_SELECT ADAMAS_ATTN FLASH_ATTN_EXT; do
-        $BUILD/tests/cpp/test-backend-ops perf -b CUDA0 -o $op 2>&1 | grep -E "^ +$op\(" | grep -E "$([ $op = FLASH_ATTN_EXT ] && echo 'hsk=128,hsv=128,nh=(32|8),nr23=\[(1|4),1\],kv=(8192|32768|131072),nb=1,mask=1,sinks=0,max_bias=0.000000,logit_softcap=0.000000,prec=f32,type_K=f16' || echo .)" \
-            | sed -E 's/ +/ /g' | tee -a "$LOG/perf.txt"
+        if [ $op = FLASH_ATTN_EXT ]; then
+            P="hsk=128,hsv=128,nh=(32|8),nr23=\[(1|4),1\],kv=($KV),nb=1,mask=1,sinks=0,max_bias=0.000000,logit_softcap=0.000000,prec=f32,type_K=f16"
+        else
+            P="n_kv=($KV),|n_cells|ne=\[32"
+        fi
+        $BUILD/tests/cpp/test-backend-ops perf -b CUDA0 -o $op -p "$P" 2>&1 | grep -E "^ +$op\(" \
+            | sed -E 's/\x1b\[[0-9;]*m//g; s/ +/ /g' | tee -a "$LOG/perf.txt"
     done
     ;;
 passkey)
