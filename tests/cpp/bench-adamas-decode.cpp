@@ -7,6 +7,7 @@
 // are captured and replayed with Adamas on.
 //
 // usage: bench-adamas-decode -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head]
+// (the other Adamas parameters are the library defaults; --select defaults to the library's too)
 #include "llama.h"
 #include "llama-adamas.h"
 
@@ -63,7 +64,7 @@ int main(int argc, char ** argv) {
     std::string model;
     std::vector<long> depths = { 8192, 32768 }, budgets = { 0, 64, 256 };
     int n_gen = 64, reps = 3, ngl = 99, n_batch = 2048, n_ubatch = 512;
-    int select = LLAMA_ADAMAS_SELECT_GROUP;
+    int select = llama_adamas_default_params().select_mode; // the library's default unless --select says
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         auto next = [&]() { if (i + 1 >= argc) { fprintf(stderr, "%s needs a value\n", a.c_str()); exit(2); } return argv[++i]; };
@@ -91,6 +92,7 @@ int main(int argc, char ** argv) {
     long b_max = 0;
     for (long b : budgets) b_max = std::max(b_max, b);
 
+    printf("select mode: %s\n", select == LLAMA_ADAMAS_SELECT_HEAD ? "head" : "group");
     printf("| model | depth | budget | t/s (tg%d) | sd | ratio vs dense | sparse steps |\n|---|---:|---:|---:|---:|---:|---:|\n", n_gen);
     std::mt19937 rng(42);
     for (long depth : depths) {
