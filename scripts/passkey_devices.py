@@ -1,51 +1,21 @@
 #!/usr/bin/env python3
-"""SmolLM2 passkey answers on the CPU and on the GPU, dense and at an Adamas budget: the GPU kernels must give
-the answers the CPU gives (issue 5). The paper's protocol (adamas_gguf.evaluate): prefill all but the last
-TAIL tokens, feed those one at a time (sparse decode steps), then greedy tokens.
+"""SmolLM2 passkey answers on the CPU and on the GPU, dense and at an Adamas budget with the library's
+default parameters: the GPU kernels must give the answers the CPU gives (issue 5). The protocol is
+`python -m adamas_gguf eval passkey`'s (adamas_gguf.evaluate.run_passkey): a dense prefill of all but the
+prompt's last 400 characters, those fed token by token (sparse decode steps), then greedy answer tokens.
 
-    python scripts/passkey_devices.py [MODEL] [--budget 64] [--lengths 2048 4096 7600] [--depths 0.1 0.5 0.9]
+    python scripts/passkey_devices.py [MODEL] [--budget 64] [--lengths 2048 4096 7600] [--depths 5] [--seed 42]
 
 Exit status 1 if an answer at the budget differs between the devices.
 """
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 
-from adamas_gguf import Llama
-from adamas_gguf.evaluate import passkey_tokens
+from adamas_gguf import AdamasParams, Llama
+from adamas_gguf.evaluate import Runner, first_integer, make_configs, run_passkey
 from adamas_gguf.models import default_model_path
-
-TAIL, ANSWER = 30, 8
-
-
-def answers(model: str, ngl: int, budget: int, lengths, depths) -> dict:
-    llm = Llama(model, n_ctx=8192, n_batch=512, n_gpu_layers=ngl, verbose=False)
-    out = {}
-    for n in lengths:
-        for depth in depths:
-            key = random.Random(n * 1000 + int(depth * 100)).randint(10000, 99999)
-            toks = passkey_tokens(lambda s: llm.tokenize(s.encode()), n, depth, key)
-            for b in (0, budget):
-                llm.set_adamas(budget=0)
-                llm.reset()
-                llm.eval(toks[:-TAIL])
-                llm.set_adamas(budget=b)
-                s0 = llm.adamas_sparse_steps
-                for t in toks[-TAIL:]:
-                    llm.eval([t])
-                gen = []
-                for _ in range(ANSWER):
-                    t = llm.sample(temp=0)
-                    gen.append(t)
-                    llm.eval([t])
-                text = llm.detokenize(gen).decode(errors="replace")
-                out[(n, depth, b)] = (key, text.strip(), llm.adamas_sparse_steps - s0)
-    reason = llm.adamas_unavailable_reason
-    if reason:
-        print(f"n_gpu_layers={ngl}: Adamas unavailable: {reason}", file=sys.stderr)
-    return out
 
 
 def main() -> int:
@@ -53,25 +23,33 @@ def main() -> int:
     ap.add_argument("model", nargs="?")
     ap.add_argument("--budget", type=int, default=64)
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 7600])
-    ap.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    ap.add_argument("--depths", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=42)
     a = ap.parse_args()
     model = a.model or str(default_model_path())
-    cpu = answers(model, 0, a.budget, a.lengths, a.depths)
-    gpu = answers(model, 99, a.budget, a.lengths, a.depths)
-    print(f"| length | depth | key | budget | CPU answer | GPU answer | sparse steps CPU/GPU | same |")
-    print("|---:|---:|---:|---:|---|---|---:|:---:|")
+    configs = make_configs(AdamasParams(), [a.budget], [])
+
+    res = {}
+    for dev, ngl in (("CPU", 0), ("GPU", 99)):
+        llm = Llama(model, n_ctx=8192, n_batch=512, n_gpu_layers=ngl, verbose=False)
+        if llm.adamas_unavailable_reason:
+            print(f"{dev}: Adamas unavailable: {llm.adamas_unavailable_reason}", file=sys.stderr)
+        res[dev] = run_passkey(Runner(llm), configs, a.lengths, a.depths, a.seed)["results"]
+        del llm
+
+    print("| length | depth | key | config | CPU answer | GPU answer | sparse steps CPU/GPU | same number |")
+    print("|---:|---:|---:|---|---|---|---:|:---:|")
     bad = 0
-    for k in cpu:
-        key, tc, sc = cpu[k]
-        _, tg, sg = gpu[k]
-        same = tc == tg
-        bad += (not same) and k[2] > 0
-        print(f"| {k[0]} | {k[1]} | {key} | {k[2]} | {tc!r} | {tg!r} | {sc}/{sg} | {'yes' if same else 'NO'} |")
-    found = lambda d, b: sum(str(v[0]) in v[1] for k, v in d.items() if k[2] == b)
-    n = len(cpu) // 2
-    print(f"found: CPU dense {found(cpu, 0)}/{n}, CPU budget {a.budget} {found(cpu, a.budget)}/{n}, "
-          f"GPU dense {found(gpu, 0)}/{n}, GPU budget {a.budget} {found(gpu, a.budget)}/{n}")
-    print("budget answers identical on both devices" if bad == 0 else f"{bad} budget answers differ")
+    for c, g in zip(res["CPU"], res["GPU"]):
+        same = first_integer(c["answer"]) == first_integer(g["answer"])
+        bad += (not same) and c["budget"] > 0
+        print(f"| {c['length']} | {c['depth']} | {c['key']} | {c['config']} | {c['answer'].strip()!r} | "
+              f"{g['answer'].strip()!r} | {c['sparse_steps']}/{g['sparse_steps']} | {'yes' if same else 'NO'} |")
+    for dev in res:
+        for cfg in configs:
+            rows = [r for r in res[dev] if r["config"] == cfg.label]
+            print(f"{dev} {cfg.label}: found {sum(r['found'] for r in rows)}/{len(rows)}")
+    print("answers at the budget: the same number on both devices" if bad == 0 else f"{bad} answers at the budget differ")
     return 1 if bad else 0
 
 
