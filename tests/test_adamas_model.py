@@ -13,18 +13,10 @@ import random
 import pytest
 
 from adamas_gguf import Llama
+from adamas_gguf.evaluate import FILLER, passkey_tokens
 
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 TAIL = 30        # prompt tokens fed one at a time (sparse decode steps)
 ANSWER = 8       # greedy tokens generated
-
-
-def passkey_prompt(n_filler: int, depth: float, key: int) -> str:
-    before = int(n_filler * depth)
-    return ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-            "I will quiz you about the important information there.\n"
-            + FILLER * before + f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
-            + FILLER * (n_filler - before) + "\nWhat is the pass key? The pass key is")
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +39,8 @@ def answer(llm: Llama, state, tail: list[int]) -> str:
 @pytest.mark.parametrize("depth", [0.1, 0.5, 0.9])
 def test_passkey_budget_64_matches_dense(big, depth):
     key = random.Random(int(depth * 100)).randint(10000, 50000)
-    toks = big.tokenize(passkey_prompt(180, depth, key).encode())  # ~4K tokens
-    assert 3800 < len(toks) < 4500, len(toks)
+    toks = passkey_tokens(lambda s: big.tokenize(s.encode()), 4096, depth, key)
+    assert 4000 < len(toks) <= 4096, len(toks)
     big.set_adamas(budget=0)
     big.reset()
     big.eval(toks[:-TAIL])
@@ -85,7 +77,7 @@ def _greedy(llm: Llama, toks: list[int], n: int) -> list[int]:
 
 
 def test_state_reload_continues_the_same(big):
-    toks = big.tokenize((FILLER * 40).encode())
+    toks = big.tokenize(((FILLER + " ") * 40).encode())
     big.set_adamas(budget=32)
     big.reset()
     big.eval(toks[:-1])

@@ -199,7 +199,7 @@ def test_new_llama_has_the_default_params(tiny_llm):
 
 
 def test_constructor_params_reach_the_context(tiny_model):
-    want = AdamasParams(budget=64, n_dense=1, thr_mode="fixed", thr_q=10, thr_k=10, select="head", n_sink=4,
+    want = AdamasParams(budget=64, n_dense=1, thr_mode="fixed", thr_q=10, thr_k=10, select="group", n_sink=4,
                         n_recent=16)
     for kw in (dict(adamas=want), {f: getattr(want, f) for f in llama_mod.ADAMAS_KEYWORDS}):
         m = Llama(str(tiny_model), n_ctx=128, verbose=False, **kw)
@@ -212,10 +212,10 @@ def test_constructor_params_reach_the_context(tiny_model):
 
 
 def test_set_adamas_round_trips(tiny_llm):
-    p = tiny_llm.set_adamas(budget=48, n_dense=1, thr_mode="fixed", thr_q=10.0, thr_k=0.3, select="head",
+    p = tiny_llm.set_adamas(budget=48, n_dense=1, thr_mode="fixed", thr_q=10.0, thr_k=0.3, select="group",
                             n_sink=4, n_recent=8)
     assert p == tiny_llm.adamas == AdamasParams(budget=48, n_dense=1, thr_mode="fixed", thr_q=10.0, thr_k=0.3,
-                                                select="head", n_sink=4, n_recent=8)
+                                                select="group", n_sink=4, n_recent=8)
     assert _raw(_lib.llama_adamas_get(tiny_llm.ctx)) == _raw(p.to_c())
     assert tiny_llm.adamas_n_sparse_layers == TINY_LAYERS - 1
     # keywords change only the fields named
@@ -368,7 +368,7 @@ def test_cli_help_lists_the_adamas_flags():
     flat = " ".join(assert_ok(run_cli("run", "--help")).split())
     for s in ("--budget N", "--dense-layers N", "--thr-mode {rms,fixed}", "--thr-q X", "--thr-k X",
               "--select {group,head}", "--sink N", "--recent N", "0 = dense attention", "(default: 2)",
-              "(default: fixed)", "(default: group)", "(default: 1.0)"):
+              "(default: rms)", "(default: head)", "(default: 0.5)", "(default: 1.0)"):
         assert s in flat, s
 
 
@@ -400,10 +400,10 @@ def test_cli_budget_runs_and_matches_the_library(tiny_model):
 
 def test_cli_verbose_reports_params_and_steps(tiny_model):
     r = run_cli("run", tiny_model, "-p", PROMPT, "-n", "8", "--temp", "0", "-c", "256", "--budget", "16",
-                "--thr-mode", "fixed", "--thr-q", "10", "--thr-k", "10", "--select", "head", "-v")
+                "--thr-mode", "fixed", "--thr-q", "10", "--thr-k", "10", "--select", "group", "-v")
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
-    want = ("adamas_gguf: adamas: budget=16 n_dense=2 thr_mode=fixed thr_q=10 thr_k=10 select=head n_sink=0 "
+    want = ("adamas_gguf: adamas: budget=16 n_dense=2 thr_mode=fixed thr_q=10 thr_k=10 select=group n_sink=0 "
             f"n_recent=0 (sparse layers: {TINY_LAYERS - 2})")
     assert want in lines, r.stderr[-2000:]
     steps = [ln for ln in lines if re.fullmatch(r"adamas_gguf: adamas: \d+ sparse decode steps", ln)]

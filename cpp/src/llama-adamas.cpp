@@ -28,12 +28,14 @@ struct llama_adamas_params llama_adamas_default_params(void) {
     llama_adamas_params p;
     p.budget      = 0;
     p.n_dense     = 2;
-    // measured on SmolLM2 passkey at budget 64 (~4K tokens, 5 depths): fixed +-1 found 5/5, RMS 0.5 4/5,
-    // RMS 1.0 2/5 (docs/perf-notes.md); the evaluation issue revisits these with more models and lengths
-    p.thr_mode    = LLAMA_ADAMAS_THR_FIXED;
-    p.thr_q       = 1.0f;
+    // chosen by measurement on SmolLM2, 1K-7.6K tokens (docs/accuracy.md): thresholds relative to each
+    // vector's RMS (0.5 for queries, 1.0 for keys) carry over between models, unlike fixed ones, and gave
+    // the best perplexity at budget 64 (+15% vs +23% for fixed +-1); one selection per query head found the
+    // pass key 16/20 at budget 64 where one per KV group found 7/20, for ~8% of the sparse step's speed
+    p.thr_mode    = LLAMA_ADAMAS_THR_RMS;
+    p.thr_q       = 0.5f;
     p.thr_k       = 1.0f;
-    p.select_mode = LLAMA_ADAMAS_SELECT_GROUP;
+    p.select_mode = LLAMA_ADAMAS_SELECT_HEAD;
     p.n_sink      = 0;
     p.n_recent    = 0;
     return p;

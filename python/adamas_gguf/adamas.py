@@ -86,10 +86,10 @@ class AdamasParams:
 
     budget: int = 0
     n_dense: int = 2
-    thr_mode: str = "fixed"
-    thr_q: float = 1.0
+    thr_mode: str = "rms"
+    thr_q: float = 0.5
     thr_k: float = 1.0
-    select: str = "group"
+    select: str = "head"
     n_sink: int = 0
     n_recent: int = 0
 

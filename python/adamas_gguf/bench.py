@@ -12,15 +12,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .evaluate import Config, Progress, Runner
-
-# any text will do (decode speed does not depend on it): the passkey filler, which tokenizes anywhere
-from .evaluate import FILLER
+from .evaluate import FILLER, Config, Progress, Runner
 
 
 def bench_tokens(llm, n: int) -> list:
-    toks = llm.tokenize((FILLER + " ") .encode() * (n // 8 + 16))
-    return toks[:n]
+    """n tokens of text; any will do (decode speed does not depend on it): the passkey filler."""
+    return llm.tokenize((FILLER + " ").encode() * (n // 8 + 16))[:n]
 
 
 def run_bench(runner: Runner, configs: Sequence[Config], ctxs: Sequence[int], steps: int, rounds: int,
@@ -48,7 +45,7 @@ def run_bench(runner: Runner, configs: Sequence[Config], ctxs: Sequence[int], st
             if progress:
                 progress(f"context {n} round {rnd + 1}: " + ", ".join(
                     f"{c.label} {times[c.label][-1]:.1f}" for c in configs) + " t/s")
-        rows.append({"ctx": n, "tps": {str(c.budget): statistics.median(times[c.label]) for c in configs},
-                     "rounds_tps": {str(c.budget): times[c.label] for c in configs},
-                     "sparse_steps_per_round": {str(c.budget): sparse[c.label] for c in configs}})
+        rows.append({"ctx": n, "tps": {c.label: statistics.median(times[c.label]) for c in configs},
+                     "rounds_tps": {c.label: times[c.label] for c in configs},
+                     "sparse_steps_per_round": {c.label: sparse[c.label] for c in configs}})
     return rows

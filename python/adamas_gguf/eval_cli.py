@@ -18,7 +18,7 @@ DEFAULT_CTX = [2048, 4096, 7600]
 N_BATCH = 512
 
 
-def _common(p: argparse.ArgumentParser, prefix: str, variants: bool) -> None:
+def _common(p: argparse.ArgumentParser, prefix: str) -> None:
     g = p.add_argument_group("model")
     g.add_argument("model_pos", nargs="?", metavar="MODEL",
                    help="the GGUF model file (default: the default model, SmolLM2-135M-Instruct)")
@@ -34,12 +34,11 @@ def _common(p: argparse.ArgumentParser, prefix: str, variants: bool) -> None:
                    help=f"layers on the GPU; -1 = all (default: {cli.N_GPU_LAYERS})")
     g.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log on stderr")
     cli.add_adamas_args(p, multi_budget=True)
-    if variants:
-        p.add_argument("--variant", action="append", default=[], metavar="KEY=VAL[,KEY=VAL...]",
-                       help="evaluate this variant of the Adamas flags at every budget (repeatable); keys: "
-                            "dense-layers, thr-mode, thr-q, thr-k, thr (both), select, sink, recent (a "
-                            "count, or a share of the budget such as 25%%); e.g. "
-                            "--variant thr-mode=rms,thr=0.5,select=head (default: the flags alone)")
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VAL[,KEY=VAL...]",
+                   help="run this variant of the Adamas flags at every budget (repeatable); keys: "
+                        "dense-layers, thr-mode, thr-q, thr-k, thr (both), select, sink, recent (a "
+                        "count, or a share of the budget such as 25%%); e.g. "
+                        "--variant thr-mode=rms,thr=0.5,select=head (default: the flags alone)")
 
 
 def add_parsers(sub) -> None:
@@ -55,7 +54,7 @@ def add_parsers(sub) -> None:
                     "characters, which are fed token by token (the sparse decode path); then up to 10 greedy "
                     "tokens, found when their first integer is the key. Dense runs too, as the reference.",
         epilog="example:\n  python -m adamas_gguf eval passkey --budget 32 64 128 --lengths 2048 4096 --depths 5")
-    _common(p, "passkey", variants=True)
+    _common(p, "passkey")
     p.add_argument("--lengths", type=_int_type(1, None, " tokens"), nargs="+", default=DEFAULT_LENGTHS,
                    metavar="N", help="prompt lengths in tokens (each prompt is the longest that fits) "
                                      f"(default: {' '.join(map(str, DEFAULT_LENGTHS))})")
@@ -71,7 +70,7 @@ def add_parsers(sub) -> None:
         description="Perplexity of a text with every token after the first fed alone, so that each "
                     "prediction is made by a decode step (the paper's PG-19 protocol). Dense runs too.",
         epilog="example:\n  python -m adamas_gguf eval ppl --text book.txt --max-tokens 4096 --budget 64 256")
-    _common(p, "ppl", variants=True)
+    _common(p, "ppl")
     p.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file")
     p.add_argument("--max-tokens", type=_int_type(2, None, " tokens"), default=None, metavar="N",
                    help="use the first N tokens of the text (default: all; they must fit the model's context)")
@@ -82,7 +81,7 @@ def add_parsers(sub) -> None:
                     "--rounds interleaved rounds of --steps greedy decode steps per setting; the median "
                     "tokens/s of the rounds.",
         epilog="example:\n  python -m adamas_gguf bench --ctx 2048 4096 7600 --budget 64 256 -t 2")
-    _common(p, "bench", variants=False)
+    _common(p, "bench")
     p.add_argument("--ctx", type=_int_type(1, None, " tokens"), nargs="+", default=DEFAULT_CTX, metavar="N",
                    help=f"context lengths (default: {' '.join(map(str, DEFAULT_CTX))})")
     p.add_argument("--steps", type=_int_type(1, 100000), default=32, metavar="N",
@@ -172,7 +171,7 @@ def main(args, parser) -> int:
         parser.error("eval needs a kind: passkey or ppl (see python -m adamas_gguf eval --help)")
     base = _base_params(args, parser)
     try:
-        configs = ev.make_configs(base, args.budget, getattr(args, "variant", []))
+        configs = ev.make_configs(base, args.budget, args.variant)
     except ev.EvalError as e:
         parser.error(str(e))
     folder = Path(args.output).parent
@@ -258,7 +257,7 @@ def _bench(args, path, n_train, configs) -> int:
         meta = {**_meta(args, path, llm, configs), "steps": args.steps, "rounds": args.rounds}
     finally:
         llm.close()
-    budgets = [c.budget for c in configs[1:]]
-    _write(args.output, report.bench_markdown(rows, budgets, meta), {"meta": meta, "rows": rows},
-           report.bench_plot(rows, budgets))
+    labels = [c.label for c in configs[1:]]
+    _write(args.output, report.bench_markdown(rows, labels, meta), {"meta": meta, "rows": rows},
+           report.bench_plot(rows, labels))
     return cli.EXIT_OK

@@ -158,8 +158,9 @@ class Runner:
     """A `Llama` used for evaluation: a dense prefill, a snapshot of it, single-token decode steps whose
     logits are read, and restoring the snapshot before the next configuration.
 
-    Restoring goes through llama_state_set_data (not seq_rm alone): the load marks the key codes stale,
-    so the next decode re-encodes them with the configuration's own thresholds."""
+    Restoring goes through llama_state_set_data, not seq_rm alone: every configuration starts from the
+    same cells, and the load marks the key codes stale, so that the next decode re-encodes them with the
+    configuration's own thresholds."""
 
     def __init__(self, llm):
         from ._lib import llama_cpp

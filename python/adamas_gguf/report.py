@@ -108,46 +108,52 @@ def ppl_markdown(runs: list, meta: dict) -> str:
             + md_table(["configuration", "budget", "ppl", "vs dense", "sparse steps"], rows))
 
 
-def ppl_plot(runs: list):
+def ppl_plot(runs: list, skip: int = 32):
+    """The cumulative perplexity of each configuration relative to dense's, against the token position
+    (the first `skip` predictions, where any perplexity is huge and every budget is dense, left out)."""
     def draw(plt, fig):
         import numpy as np
         ax = fig.add_subplot(1, 1, 1)
-        for r in runs:
+
+        def running(r):
             nll = np.asarray(r["nll"], dtype=np.float64)
-            running = np.exp(np.cumsum(nll) / np.arange(1, len(nll) + 1))
-            ax.plot(np.arange(2, len(nll) + 2), running, lw=1.2 if r["budget"] else 2.0,
-                    color="black" if r["budget"] == 0 else None, label=r["config"])
+            return np.exp(np.cumsum(nll) / np.arange(1, len(nll) + 1))
+
+        dense = running(next(r for r in runs if r["budget"] == 0))
+        x = np.arange(2, len(dense) + 2)[skip:]
+        ax.axhline(0, color="black", lw=2.0, label=f"dense (ppl {dense[-1]:.3f})")
+        for r in runs:
+            if r["budget"]:
+                ax.plot(x, 100 * (running(r) / dense - 1)[skip:], lw=1.2, label=f"{r['config']} ({r['ppl']:.3f})")
         ax.set_xlabel("tokens")
-        ax.set_ylabel("cumulative perplexity")
-        ax.set_xscale("log")
-        ax.set_title("perplexity, token by token")
-        ax.legend(fontsize=7)
+        ax.set_ylabel("cumulative perplexity vs dense (%)")
+        ax.set_title("perplexity, every token fed alone")
+        ax.legend(fontsize=6)
     return draw
 
 
-def bench_markdown(rows: list, budgets: Sequence[int], meta: dict) -> str:
-    header = ["context", "dense"] + [f"budget {b}" for b in budgets]
+def bench_markdown(rows: list, labels: Sequence[str], meta: dict) -> str:
+    header = ["context", "dense"] + list(labels)
     out = []
     for r in rows:
-        d = r["tps"]["0"]
-        cells = [f"{d:.1f} t/s"] + [f"{r['tps'][str(b)]:.1f} t/s ({r['tps'][str(b)] / d:.2f}x)" for b in budgets]
+        d = r["tps"]["dense"]
+        cells = [f"{d:.1f} t/s"] + [f"{r['tps'][k]:.1f} t/s ({r['tps'][k] / d:.2f}x)" for k in labels]
         out.append([r["ctx"], *cells])
     return (f"Decode speed, {meta['model']}, {meta['threads']} threads: after a dense prefill of the context, "
             f"{meta['rounds']} interleaved rounds of {meta['steps']} greedy decode steps per setting; "
-            "median tokens/s (ratio to dense).\n\n" + md_table(header, out))
+            "median tokens/s (ratio to dense).\n\n" + md_table(header, out, "r" * len(header)))
 
 
-def bench_plot(rows: list, budgets: Sequence[int]):
+def bench_plot(rows: list, labels: Sequence[str]):
     def draw(plt, fig):
         ax = fig.add_subplot(1, 1, 1)
         x = [r["ctx"] for r in rows]
-        ax.plot(x, [r["tps"]["0"] for r in rows], marker="o", color="black", label="dense")
-        for b in budgets:
-            ax.plot(x, [r["tps"][str(b)] for r in rows], marker="o", label=f"budget {b}")
+        ax.plot(x, [r["tps"]["dense"] for r in rows], marker="o", color="black", label="dense")
+        for k in labels:
+            ax.plot(x, [r["tps"][k] for r in rows], marker="o", label=k)
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("decode tokens/s")
         ax.set_ylim(bottom=0)
         ax.set_title("decode speed")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     return draw
-
