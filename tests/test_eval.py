@@ -167,6 +167,8 @@ def test_eval_passkey_command_writes_its_files(tiny_model, tmp_path):
     assert [x["config"] for x in data["rows"]] == ["dense", "select=head b16", "select=head b32",
                                                    "thr-mode=rms,thr=0.5 b16", "thr-mode=rms,thr=0.5 b32"]
     assert len(data["results"]) == 2 * 2 * 5 and data["meta"]["lengths"] == [400, 600]
+    assert data["meta"]["command"].startswith("python -m adamas_gguf eval passkey ")
+    assert data["meta"]["command"].endswith(f" -o {out}")
     assert all(x["sparse_steps"] > 0 for x in data["results"] if x["budget"])
     assert md.read_text() in r.stdout and md.read_text().count("\n| ") == 6  # header + 5 rows
     assert "[20/20]" in r.stderr  # progress

@@ -572,6 +572,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.adamas = adamas_params(args, parser)
             return run(args)
         from . import eval_cli
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the reports
         return eval_cli.main(args, parser)
     except UserError as e:
         print_error(e)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import sys
+import shlex
 from pathlib import Path
 
 from . import cli
@@ -131,7 +131,7 @@ def _n_ctx_train(path: str) -> int:
 
 def _meta(args, path: str, llm, configs) -> dict:
     from ._version import __version__
-    return {"command": "python -m adamas_gguf " + " ".join(sys.argv[1:]) if sys.argv else "",
+    return {"command": " ".join(["python -m adamas_gguf", *map(shlex.quote, args.argv)]),
             "model": Path(path).name, "model_path": str(path), "adamas_gguf": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": platform.machine(), "threads": llm.context_params.n_threads,
