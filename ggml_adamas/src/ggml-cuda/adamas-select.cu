@@ -35,7 +35,7 @@ struct adamas_select_args {
     bool    group;
     int     budget;
     int64_t n_sel;     // selection rows per (query, stream)
-    int64_t nbins;     // histogram bins per row: 3*D*(group ? n_gqa : 1) + 2
+    int64_t nbins;     // histogram bins per row (adamas_select_nbins)
     int64_t nrows;
     int     n_sm;      // multiprocessors of the device (sizes the distance grid)
     int     hb;        // KV heads per distance block (adamas_select_hb)
@@ -392,6 +392,12 @@ static int adamas_next_pow2(int n) {
     return p;
 }
 
+// histogram bins of a selection row: distances 0..3*D per query head (summed over the group in GROUP mode),
+// stored + 1, and 0 for forced (+INF) cells
+static int64_t adamas_select_nbins(int D, int64_t n_gqa, bool group) {
+    return 3*(int64_t) D*(group ? n_gqa : 1) + 2;
+}
+
 static size_t adamas_select_dist_smem(int D, int64_t n_gqa, bool group, int64_t nbins, int hb) {
     return (size_t) hb*n_gqa*(D/16)*sizeof(uint32_t) + (size_t) hb*(group ? 1 : n_gqa)*nbins*sizeof(int)
          + 2*hb*sizeof(int);
@@ -473,7 +479,7 @@ bool ggml_cuda_adamas_select_supported(int device, const ggml_tensor * op) {
     const int     budget = ggml_get_op_params_i32(op, 0);
     const bool    group  = ggml_get_op_params_i32(op, 1) == GGML_ADAMAS_SELECT_GROUP;
     const int64_t n_gqa  = qc->ne[1]/kc->ne[1];
-    const int64_t nbins  = 3*(int64_t) D*(group ? n_gqa : 1) + 2;
+    const int64_t nbins  = adamas_select_nbins(D, n_gqa, group);
     // the candidates are sorted in shared memory, and the distance blocks hold their histograms there
     return ggml_adamas_supported_dim(D) && budget <= ADAMAS_SELECT_MAX_SORT &&
            adamas_select_dist_smem(D, n_gqa, group, nbins, 1) <= ADAMAS_SELECT_MAX_SMEM &&
@@ -504,7 +510,7 @@ void ggml_cuda_op_adamas_select(ggml_backend_cuda_context & ctx, ggml_tensor * d
     a.budget    = ggml_get_op_params_i32(dst, 0);
     a.group     = ggml_get_op_params_i32(dst, 1) == GGML_ADAMAS_SELECT_GROUP;
     a.n_sel     = a.group ? a.n_head_kv : a.n_head;
-    a.nbins     = 3*(int64_t) D*(a.group ? a.n_gqa : 1) + 2;
+    a.nbins     = adamas_select_nbins(D, a.n_gqa, a.group);
     a.nrows     = a.n_sel*a.n_q*a.ns;
     a.dst  = (char *) dst->data; a.onb1 = dst->nb[1]; a.onb2 = dst->nb[2]; a.onb3 = dst->nb[3];
     a.n_sm = ggml_cuda_info().devices[ctx.device].nsm;

@@ -224,7 +224,7 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     a.mnb1 = (int64_t) n_kv*(sc.mask == 1 ? 2 : 4); a.mnb3 = a.mnb1*n_q; a.mne3 = 1;
     a.n_head = nh; a.n_head_kv = sc.n_head_kv; a.n_gqa = sc.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_kv;
     a.group = sc.group; a.budget = sc.budget; a.n_sel = n_sel;
-    a.nbins = 3*(int64_t) D*(sc.group ? sc.n_gqa : 1) + 2; a.nrows = nrows;
+    a.nbins = adamas_select_nbins(D, sc.n_gqa, sc.group); a.nrows = nrows;
     a.dist_stride = adamas_select_dist_stride(n_kv);
     dbuf<uint16_t> ddist(nrows*a.dist_stride); dbuf<int32_t> dhist(nrows*a.nbins);
     a.dist = ddist.p; a.hist = dhist.p;
