@@ -60,7 +60,9 @@ LLAMA_API int32_t llama_adamas_n_sparse_layers(const struct llama_context * ctx)
 LLAMA_API int64_t llama_adamas_n_sparse_steps(const struct llama_context * ctx);
 
 // For tests: re-encodes the keys of every used cell from the K cache on the CPU and compares them with
-// the stored codes. Returns the number of (layer, cell) code rows that differ, or -1 on error.
+// the stored codes. Returns the number of (layer, cell) code rows that differ, or -1 on error. A stream
+// that holds at most the budget has no codes (its steps are dense) and is skipped; one past it must have
+// them all, from the step that took it past the budget on.
 LLAMA_API int64_t llama_adamas_verify_codes(struct llama_context * ctx);
 
 // Why Adamas cannot serve this context, or NULL if it can (e.g. "head_dim 80 is not a power of two").

@@ -123,6 +123,7 @@ void llama_adamas_kv::log_size(const llama_kv_cache & kv) {
 }
 
 void llama_adamas_kv::copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint32_t sdst) {
+    kv.adamas.set_stale(sdst, kv.adamas.is_stale(ssrc));
     std::vector<uint8_t> buf;
     for (const auto & layer : kv.layers) {
         if (!layer.c) {
@@ -137,17 +138,48 @@ void llama_adamas_kv::copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint
 
 // ---- re-encoding after K changed under the codes ---------------------------------------------------------
 
-void llama_adamas_kv::invalidate(const llama_kv_cache & kv) {
+// Encodes the keys of cells [0, n_cells) of stream s of layer K cache k into its codes c; returns the write.
+// Quantized K is dequantized to F32 first, which is what the write path encodes (adamas_write_codes), so the
+// codes are the same bits; a rotated cache (attn_rot_k, nrot == D for power-of-two D) already holds H k.
+static ggml_tensor * adamas_recode(ggml_context * ctx, ggml_tensor * c, ggml_tensor * k, int64_t D, int64_t nhk,
+        uint32_t s, int64_t n_cells, const llama_adamas_params & p, bool skip_wht) {
+    ggml_tensor * ks = ggml_view_3d(ctx, k, D, nhk, n_cells, ggml_row_size(k->type, D), k->nb[1], s*k->nb[2]);
+    if (k->type != GGML_TYPE_F32 && k->type != GGML_TYPE_F16) {
+        ks = ggml_cast(ctx, ks, GGML_TYPE_F32);
+    }
+    ggml_tensor * cs = ggml_view_2d(ctx, c, c->ne[0], n_cells, c->nb[1], s*c->nb[2]);
+    return ggml_adamas_encode_set_rows(ctx, cs, ks, nullptr, (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, skip_wht);
+}
+
+void llama_adamas_kv::invalidate(const llama_kv_cache & kv, int32_t strm) {
     for (const auto & layer : kv.layers) {
         if (layer.c) {
-            kv.adamas.stale = true;
+            for (uint32_t s = 0; s < kv.n_stream; ++s) {
+                if (strm < 0 || (uint32_t) strm == s) {
+                    kv.adamas.set_stale(s, true);
+                }
+            }
             return;
         }
     }
 }
 
+// A stale stream past the budget: update() re-encodes it before the step. One within the budget is left
+// stale (its steps are dense); the graph of the step that first takes it past the budget rebuilds it.
+bool llama_adamas_kv::update_stream(const llama_kv_cache & kv, uint32_t s, int32_t budget) {
+    return kv.adamas.is_stale(s) && kv.v_cells[s].get_used() > (uint32_t) budget;
+}
+
 bool llama_adamas_kv::update_pending(const llama_kv_cache & kv, const llama_context * lctx) {
-    return kv.adamas.stale && lctx && lctx->get_cparams().adamas.budget > 0;
+    if (!lctx || lctx->get_cparams().adamas.budget <= 0) {
+        return false;
+    }
+    for (uint32_t s = 0; s < kv.n_stream; ++s) {
+        if (update_stream(kv, s, lctx->get_cparams().adamas.budget)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
@@ -156,14 +188,11 @@ bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
     }
     const llama_adamas_params & p = lctx->get_cparams().adamas;
 
-    // only the used part of each stream needs codes
-    uint32_t n_cells = 0;
+    std::vector<uint32_t> strms;
     for (uint32_t s = 0; s < kv.n_stream; ++s) {
-        n_cells = std::max(n_cells, kv.v_cells[s].used_max_p1());
-    }
-    if (n_cells == 0) {
-        kv.adamas.stale = false;
-        return false;
+        if (update_stream(kv, s, p.budget)) {
+            strms.push_back(s);
+        }
     }
 
     auto * sched = lctx->get_sched();
@@ -177,20 +206,12 @@ bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
         if (!layer.c) {
             continue;
         }
-        const uint32_t il  = layer.il;
-        const int64_t  D   = kv.hparams.n_embd_head_k(il);
-        const int64_t  nhk = kv.hparams.n_head_kv(il);
-        ggml_tensor * k = layer.k;
-        ggml_tensor * c = layer.c;
-        for (uint32_t s = 0; s < kv.n_stream; ++s) {
-            ggml_tensor * ks = ggml_view_3d(ctx, k, D, nhk, n_cells, ggml_row_size(k->type, D), k->nb[1], s*k->nb[2]);
-            if (k->type != GGML_TYPE_F32 && k->type != GGML_TYPE_F16) {
-                ks = ggml_cast(ctx, ks, GGML_TYPE_F32);
-            }
-            ggml_tensor * cs = ggml_view_2d(ctx, c, c->ne[0], n_cells, c->nb[1], s*c->nb[2]);
-            // a rotated cache (attn_rot_k, nrot == D for power-of-two D) already holds H k
-            ggml_build_forward_expand(gf, ggml_adamas_encode_set_rows(ctx, cs, ks, nullptr,
-                    (ggml_adamas_thr_mode) p.thr_mode, p.thr_k, kv.attn_rot_k));
+        const int64_t D   = kv.hparams.n_embd_head_k(layer.il);
+        const int64_t nhk = kv.hparams.n_head_kv(layer.il);
+        for (uint32_t s : strms) {
+            // only the used part of the stream needs codes
+            ggml_build_forward_expand(gf, adamas_recode(ctx, layer.c, layer.k, D, nhk, s, kv.v_cells[s].used_max_p1(),
+                    p, kv.attn_rot_k));
         }
     }
 
@@ -203,8 +224,10 @@ bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
         LLAMA_LOG_ERROR("%s: failed to re-encode the Adamas key codes\n", __func__);
         return false;
     }
-    kv.adamas.stale = false;
-    LLAMA_LOG_DEBUG("%s: re-encoded the Adamas key codes of %u cells\n", __func__, n_cells);
+    for (uint32_t s : strms) {
+        kv.adamas.set_stale(s, false);
+    }
+    LLAMA_LOG_DEBUG("%s: re-encoded the Adamas key codes of %zu streams\n", __func__, strms.size());
     return true;
 }
 
@@ -284,6 +307,14 @@ int64_t llama_adamas_kv::verify(llama_context * lctx) {
             if (n == 0) {
                 continue;
             }
+            if (kv->adamas.is_stale(s)) {
+                // valid within the budget (its steps are dense and read no codes); past it, the codes a sparse
+                // step would read were never rebuilt: every used cell counts as wrong
+                if (p.budget > 0 && cells.get_used() > (uint32_t) p.budget) {
+                    n_bad += cells.get_used();
+                }
+                continue;
+            }
             // K rows as F32, on the host
             std::vector<uint8_t> kraw(n*k->nb[1]);
             ggml_backend_tensor_get(k, kraw.data(), s*k->nb[2], kraw.size());
@@ -327,31 +358,43 @@ int64_t llama_adamas_kv::verify(llama_context * lctx) {
 
 // ---- the decode step -----------------------------------------------------------------------------------------
 
-// One per graph built with a budget: counts sparse steps, keeps graph reuse honest about the dense/sparse
-// choice, and holds the select mask that marks sink and recent cells (+INF: always chosen).
+// What a step's graph does, decided from the cache before the graph is built (or reused).
+struct llama_adamas_plan {
+    bool codes  = false;          // key codes are written: some stream of the ubatch is past the budget
+    bool sparse = false;          // and it is a decode step: sparse attention
+    std::vector<uint32_t> recode; // stale streams of the ubatch whose codes are rebuilt from K (codes only)
+
+    bool operator==(const llama_adamas_plan & o) const { return codes == o.codes && sparse == o.sparse && recode == o.recode; }
+};
+
+// One per graph built with a budget: counts sparse steps, keeps graph reuse honest about the plan, marks the
+// streams' codes stale or fresh as the plan leaves them, and holds the select mask that marks sink and recent
+// cells (+INF: always chosen).
 class llama_adamas_kv::input : public llm_graph_input_i {
 public:
-    input(const llama_kv_cache_context * mctx, const llama_adamas_params & p, bool causal, bool sparse)
-        : mctx(mctx), p(p), causal(causal), sparse(sparse) {}
+    input(const llama_kv_cache_context * mctx, const llama_adamas_params & p, bool causal, llama_adamas_plan plan)
+        : mctx(mctx), p(p), causal(causal), plan(std::move(plan)) {}
 
     void set_input(const llama_ubatch * ubatch) override;
     bool can_reuse(const llm_graph_params & params) override;
 
-    static bool decide_sparse(const llama_kv_cache_context * mctx, const llama_ubatch & ub, const llama_adamas_params & p);
+    static llama_adamas_plan decide(const llama_kv_cache_context * mctx, const llama_ubatch & ub, const llama_adamas_params & p);
 
     const llama_kv_cache_context * mctx;
     const llama_adamas_params p;
     const bool causal;
-    const bool sparse;          // this graph's decode step is sparse
+    const llama_adamas_plan plan;
     int32_t n_sparse_layers = 0;
     ggml_tensor * sel_mask = nullptr; // F16/F32 like the KQ mask, with +INF at kept cells
 };
 
-// A step is sparse if every sequence in it has one token (a decode step) and some stream holds more cells
-// than the budget; otherwise dense attention over at most the budget is exact and cheaper.
-bool llama_adamas_kv::input::decide_sparse(const llama_kv_cache_context * mctx, const llama_ubatch & ub, const llama_adamas_params & p) {
-    if (p.budget <= 0 || ub.n_tokens != ub.n_seqs_unq) {
-        return false;
+// While every stream of the ubatch holds at most the budget (counting this ubatch), dense attention is exact
+// and cheaper, and no codes are needed: the graph is upstream's, and the streams' codes go stale. Past it, a
+// decode step (one token per sequence) is sparse, and any step writes codes, rebuilding a stale stream's.
+llama_adamas_plan llama_adamas_kv::input::decide(const llama_kv_cache_context * mctx, const llama_ubatch & ub, const llama_adamas_params & p) {
+    llama_adamas_plan plan;
+    if (p.budget <= 0) {
+        return plan;
     }
     const llama_kv_cache * kv = mctx->kv;
     const auto & sinfo = mctx->sinfos[mctx->i_cur];
@@ -359,18 +402,37 @@ bool llama_adamas_kv::input::decide_sparse(const llama_kv_cache_context * mctx, 
     for (uint32_t s = 0; s < sinfo.n_stream(); ++s) {
         n_used = std::max(n_used, kv->v_cells[sinfo.strm[s]].get_used());
     }
-    return n_used > (uint32_t) p.budget;
+    plan.codes  = n_used > (uint32_t) p.budget;
+    plan.sparse = plan.codes && ub.n_tokens == ub.n_seqs_unq;
+    for (uint32_t s = 0; s < sinfo.n_stream() && plan.codes; ++s) {
+        // every stale stream of the ubatch, not only those past the budget: the select ranks all of them
+        if (kv->adamas.is_stale(sinfo.strm[s])) {
+            plan.recode.push_back(sinfo.strm[s]);
+        }
+    }
+    return plan;
 }
 
 bool llama_adamas_kv::input::can_reuse(const llm_graph_params & params) {
     // the layers Adamas serves are those of a plain KV cache, or the non-SWA part of an iSWA cache
     const auto * iswa = dynamic_cast<const llama_kv_cache_iswa_context *>(params.mctx);
     mctx = iswa ? iswa->get_base() : static_cast<const llama_kv_cache_context *>(params.mctx);
-    return decide_sparse(mctx, params.ubatch, p) == sparse;
+    return decide(mctx, params.ubatch, p) == plan;
 }
 
 void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
-    if (!sparse || n_sparse_layers == 0) {
+    // here, not in build_attn: a reused graph is not built again
+    auto & st = mctx->kv->adamas;
+    if (!plan.codes) {
+        for (uint32_t s : mctx->sinfos[mctx->i_cur].strm) {
+            st.set_stale(s, true);
+        }
+    }
+    for (uint32_t s : plan.recode) {
+        st.set_stale(s, false);
+    }
+
+    if (!plan.sparse || n_sparse_layers == 0) {
         return;
     }
     mctx->kv->adamas.n_sparse_steps++;
@@ -464,9 +526,10 @@ ggml_tensor * llama_adamas_kv::build_attn(
     ggml_tensor * c = ikv == kv->map_layer_ids.end() ? nullptr : kv->layers[ikv->second].c;
 
     if (p.budget <= 0) {
-        // K is written without codes: they are rebuilt if a budget is set later
+        // K is written without codes: they are rebuilt if a budget is set later (every stream: a reused
+        // graph does not come here)
         if (c) {
-            st.stale = true;
+            invalidate(*kv);
         }
         return nullptr;
     }
@@ -498,19 +561,12 @@ ggml_tensor * llama_adamas_kv::build_attn(
     ggml_context * ctx0 = g.ctx0;
     const bool skip_wht = k_rot != nullptr; // q and k are already Hadamard-rotated (nrot == D)
 
-    // codes of this ubatch's keys, at K's cells (a layer that reuses another's cache reads its codes)
-    ggml_tensor * c_written = c;
-    if (k_cur) {
-        c_written = adamas_write_codes(ctx0, c, k_cur, k_idxs, kv->layers[ikv->second].k->type, p, skip_wht);
-        ggml_build_forward_expand(g.gf, c_written);
-    }
-
     // one input object per graph (made at the first layer that gets here)
     auto * ai = static_cast<llama_adamas_kv::input *>(*slot);
     if (!ai) {
         auto obj = std::make_unique<llama_adamas_kv::input>(mctx, p, g.cparams.causal_attn,
-                llama_adamas_kv::input::decide_sparse(mctx, g.ubatch, p));
-        if (obj->sparse && (p.n_sink > 0 || p.n_recent > 0)) {
+                llama_adamas_kv::input::decide(mctx, g.ubatch, p));
+        if (obj->plan.sparse && (p.n_sink > 0 || p.n_recent > 0)) {
             obj->sel_mask = ggml_new_tensor(ctx0, kq_mask->type, 4, kq_mask->ne);
             ggml_set_input(obj->sel_mask);
             ggml_set_name(obj->sel_mask, "adamas_sel_mask");
@@ -518,26 +574,49 @@ ggml_tensor * llama_adamas_kv::build_attn(
         ai = static_cast<llama_adamas_kv::input *>(g.res->add_input(std::move(obj)));
         *slot = ai;
     }
-    if (!ai->sparse || il < p.n_dense) {
-        return nullptr;
+    if (!ai->plan.codes) {
+        return nullptr; // within the budget: upstream's dense graph
     }
-    ai->n_sparse_layers++;
 
     // k: [D, n_head_kv, n_kv, ns] (get_k), q_cur: [D, n_head, n_tokens]
     const int64_t D      = k->ne[0];
     const int64_t n_kv   = k->ne[2];
     const int64_t ns     = k->ne[3];
+
+    // codes of this ubatch's keys at K's cells; for a stale stream, of all its cells instead, from K after this
+    // ubatch's write (graph order), so the new keys too. A layer that reuses another's cache reads its codes.
+    const auto & sinfo = mctx->sinfos[mctx->i_cur];
+    ggml_tensor * c_written = c; // what the select's view reads from: the write of stream s0, where there is one
+    if (k_cur) {
+        const auto & layer = kv->layers[ikv->second];
+        if (ai->plan.recode.size() < sinfo.n_stream()) {
+            c_written = adamas_write_codes(ctx0, c, k_cur, k_idxs, layer.k->type, p, skip_wht);
+            ggml_build_forward_expand(g.gf, c_written);
+        }
+        for (uint32_t s : ai->plan.recode) {
+            ggml_tensor * w = adamas_recode(ctx0, c, layer.k, D, k->ne[1], s, n_kv, p, skip_wht);
+            ggml_build_forward_expand(g.gf, w);
+            if (s == sinfo.s0) {
+                c_written = w; // the other streams' writes precede the select in graph order
+            }
+        }
+    }
+
+    if (!ai->plan.sparse || il < p.n_dense) {
+        return nullptr;
+    }
+    ai->n_sparse_layers++;
     const int64_t n_head = q_cur->ne[1];
     const int64_t n_tps  = q_cur->ne[2]/ns;
 
     ggml_tensor * q4 = ggml_view_4d(ctx0, q_cur, D, n_head, n_tps, ns, q_cur->nb[1], q_cur->nb[2], q_cur->nb[2]*n_tps, 0);
     ggml_tensor * qc = ggml_adamas_encode(ctx0, q4, (ggml_adamas_thr_mode) p.thr_mode, p.thr_q, skip_wht);
 
-    // the codes of the visible cells, viewed from the write so that the read follows it
-    const auto & sinfo = mctx->sinfos[mctx->i_cur];
+    // the codes of the visible cells, viewed from the write so that the read follows it (c_written is a view of
+    // c at offset 0 or at stream s0)
     const size_t row = c->nb[1];
     ggml_tensor * kc = ggml_view_4d(ctx0, c_written, GGML_ADAMAS_CODE_SIZE(D), k->ne[1], n_kv, ns,
-            GGML_ADAMAS_CODE_SIZE(D), row, row*c->ne[1], row*c->ne[1]*sinfo.s0);
+            GGML_ADAMAS_CODE_SIZE(D), row, row*c->ne[1], row*c->ne[1]*sinfo.s0 - c_written->view_offs);
 
     ggml_tensor * idx = ggml_adamas_select(ctx0, qc, kc, ai->sel_mask ? ai->sel_mask : kq_mask, p.budget,
             (ggml_adamas_select_mode) p.select_mode);

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 struct llama_hparams;
 struct llama_cparams;
@@ -20,9 +21,19 @@ struct llama_context;
 
 // Adamas state of one llama_kv_cache (a member of it).
 struct llama_adamas_kv_state {
-    bool        stale          = false; // K holds cells whose codes were not written (or were invalidated)
+    // per stream: K holds cells whose codes were not written (a step within the budget writes none) or
+    // were invalidated; they are rebuilt from K when a step first needs them
+    std::vector<bool> stale;
     int64_t     n_sparse_steps  = 0;    // ubatches decoded with sparse attention
     std::string reason;                 // why a layer decodes dense (empty: none found yet); logged once, when set
+
+    bool is_stale(uint32_t s) const { return s < stale.size() && stale[s]; }
+    void set_stale(uint32_t s, bool v) {
+        if (s >= stale.size()) {
+            stale.resize(s + 1, false);
+        }
+        stale[s] = v;
+    }
 };
 
 struct llama_adamas_kv {
@@ -36,10 +47,13 @@ struct llama_adamas_kv {
     static void log_size(const llama_kv_cache & kv);
     static void copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint32_t sdst);
 
-    // K changed under the codes (context shift, state load): re-encode at the next update
-    static void invalidate(const llama_kv_cache & kv);
+    // K changed under the codes of stream strm (-1: all streams; context shift, state load): they are stale
+    static void invalidate(const llama_kv_cache & kv, int32_t strm = -1);
+    // true if update() has codes to rebuild: a stale stream that holds more cells than the budget (one
+    // within it decodes dense, and would otherwise be re-encoded before every step)
+    static bool update_stream(const llama_kv_cache & kv, uint32_t s, int32_t budget); // stream s needs it
     static bool update_pending(const llama_kv_cache & kv, const llama_context * lctx);
-    // re-encodes the codes from K if they are stale and Adamas is on; true if it computed something
+    // re-encodes those streams' codes from K; true if it computed something
     static bool update(llama_kv_cache & kv, llama_context * lctx);
 
     static const llama_adamas_kv_state * state(const llama_context * lctx);
@@ -49,7 +63,9 @@ struct llama_adamas_kv {
 
     // ---- llm_graph_context::build_attn hooks (KV cache, and the non-SWA layers of an iSWA cache) ----
     // Writes this ubatch's key codes (k_cur NULL: the layer reuses another layer's cache) and, for a decode
-    // step of a sparse layer, builds the Adamas attention (NULL: the caller builds dense attention).
+    // step of a sparse layer, builds the Adamas attention (NULL: the caller builds dense attention). While
+    // every stream of the ubatch fits the budget it adds nothing (upstream's graph); the first step that
+    // needs a stale stream's codes rebuilds them from K.
     //   mctx, k_idxs, k_rot, kq_mask: the layer's cache context and graph inputs; slot: where the graph
     //   keeps its one Adamas input (a member of the attention input)
     static ggml_tensor * build_attn(

@@ -335,6 +335,53 @@ int main(int argc, char ** argv) {
         llama_free(ctx);
     }
 
+    // ---- 8. within the budget the graph is upstream's; the step that outgrows it rebuilds the codes ----
+    // A context that starts within the budget writes no codes (its steps are dense, bitwise); the first step past
+    // the budget encodes every cell from K, so from there on the codes equal K's encoding and the steps are
+    // sparse. Crossed by a decode step (one token), and by a batch that jumps past the budget.
+    if (servable) {
+        const int budget = 64, n0 = 40;
+        const std::vector<llama_token> p0(prompt.begin(), prompt.begin() + n0);
+        llama_adamas_params p = def; p.budget = budget;
+
+        // decode steps 41 .. 80: dense up to 64 cells, then sparse
+        llama_context * ctx = R.make(1024, 1, true, GGML_TYPE_F16, p);
+        llama_context * ref = R.make(1024, 1, true, GGML_TYPE_F16, def);
+        std::vector<float> l, lr;
+        R.eval(ctx, p0, 0, 0, &l);
+        R.eval(ref, p0, 0, 0, &lr);
+        const int n_within = budget - n0; // steps after which the cache holds exactly the budget
+        const std::vector<float> a = R.cont(ctx, l, n0, n_within);
+        const std::vector<float> b = R.cont(ref, lr, n0, n_within);
+        CHECK(a == b, "within the budget the logits differ from dense (max rel diff %g)", max_rel_diff(a, b));
+        CHECK(llama_adamas_n_sparse_steps(ctx) == 0, "%lld sparse steps within the budget", (long long) llama_adamas_n_sparse_steps(ctx));
+        // the crossing step, once with the codes it rebuilt itself and once, after one more step and the removal of
+        // both, with codes that were already there: the same logits, bitwise
+        const std::vector<float> seed(a.end() - R.n_vocab, a.end());
+        const std::vector<float> first = R.cont(ctx, seed, budget, 1);
+        R.cont(ctx, first, budget + 1, 1);
+        CHECK(llama_memory_seq_rm(llama_get_memory(ctx), 0, budget, -1), "seq_rm failed");
+        const std::vector<float> again = R.cont(ctx, seed, budget, 1);
+        CHECK(again == first, "the step that crossed the budget differs from its repetition (max rel diff %g)", max_rel_diff(again, first));
+        R.cont(ctx, again, budget + 1, 2);
+        CHECK(llama_adamas_n_sparse_steps(ctx) == 5, "%lld sparse steps after crossing the budget, expected 5", (long long) llama_adamas_n_sparse_steps(ctx));
+        CHECK(llama_adamas_verify_codes(ctx) == 0, "codes differ from K after a decode step crossed the budget");
+        llama_free(ref);
+
+        // the same cache decoded again from the start by a batch that crosses the budget (prefill, dense), then
+        // one decode step: the codes of the dropped and rewritten cells are rebuilt too
+        llama_memory_clear(llama_get_memory(ctx), true);
+        R.eval(ctx, p0, 0, 0, nullptr);
+        CHECK(llama_adamas_verify_codes(ctx) == 0, "verify_codes fails on a cache within the budget");
+        l.clear();
+        R.eval(ctx, std::vector<llama_token>(prompt.begin() + n0, prompt.begin() + 100), n0, 0, &l);
+        CHECK(llama_adamas_verify_codes(ctx) == 0, "codes differ from K after a batch crossed the budget");
+        R.cont(ctx, l, 100, 1);
+        CHECK(llama_adamas_n_sparse_steps(ctx) == 6, "%lld sparse steps, expected 6", (long long) llama_adamas_n_sparse_steps(ctx));
+        CHECK(llama_adamas_verify_codes(ctx) == 0, "codes differ from K after a batch and a step past the budget");
+        llama_free(ctx);
+    }
+
     llama_model_free(model);
     llama_backend_free();
     if (n_fail) {
