@@ -40,6 +40,7 @@ struct adamas_select_args {
     int     n_sm;      // multiprocessors of the device (sizes the distance grid)
     int     hb;        // KV heads per distance block (adamas_select_hb)
     int64_t chunk;     // cells per distance block
+    bool    pipe;      // distance loop loads the next round before counting this one (adamas_select_plan)
 
     uint16_t * dist;  int64_t dist_stride;        // [nrows][dist_stride], dist_stride a multiple of EMIT_PER_T
     int32_t  * hist;                              // [nrows][nbins], zeroed before the distance kernel
@@ -81,11 +82,93 @@ static __device__ __forceinline__ uint32_t adamas_l1(const uint32_t * q, const u
     return d;
 }
 
-template <int D, bool VEC>
-static __global__ void __launch_bounds__(ADAMAS_SELECT_DIST_BLOCK, 3) // 3 blocks per SM: more loads in flight
+// One round of a distance block: DU cells per thread, step apart, from cell cb (32-bit cell indices: the op
+// refuses n_kv >= INT32_MAX). cls: 0 ranked, 1 -INF, 2 +INF, 3 past the chunk.
+template <int D, bool VEC, int DU>
+static __device__ __forceinline__ void adamas_dist_load(const char * kb, int64_t knb2, const char * mrow, bool mask_f16,
+        int cb, int step, int c1, uint32_t (&k)[DU][D/16], int (&cls)[DU]) {
+#pragma unroll
+    for (int u = 0; u < DU; ++u) {
+        const int c = cb + u*step;
+        cls[u] = c < c1 ? 0 : 3;
+        if (cls[u] == 0) {
+            // the code load does not wait for the mask: masked cells are few (padding, other sequences)
+            adamas_load_code<D, VEC>(kb + (int64_t) c*knb2, k[u]);
+            if (mrow) {
+                const uint32_t mv = adamas_mask_bits(mrow, mask_f16, c);
+                cls[u] = mv == (mask_f16 ? ADAMAS_F16_NINF : ADAMAS_F32_NINF) ? 1
+                       : mv == (mask_f16 ? ADAMAS_F16_PINF : ADAMAS_F32_PINF) ? 2 : 0;
+            }
+        }
+    }
+}
+
+// The round's distances: to the distance rows drow (nh of them, ds apart) and the block's histograms hrow (nh
+// rows of nbins); lo/hi track the bins used. GROUP sums the g query heads' distances into one row.
+// ABL (the harness's ablations only; 0 in the op) leaves out: 1 the histogram atomics, 2 the distance stores,
+// 4 the L1 arithmetic (a byte of the code instead), 8 the flush to the global histograms.
+template <int D, int DU, int ABL = 0>
+static __device__ __forceinline__ void adamas_dist_count(bool group, const uint32_t * qh, int * hrow, uint16_t * drow,
+        int64_t ds, int g, int nh, int nbins, int cb, int step, const uint32_t (&k)[DU][D/16], const int (&cls)[DU],
+        int & lo, int & hi) {
+    constexpr int NW = D/16;
+#pragma unroll
+    for (int u = 0; u < DU; ++u) {
+        const int c = cb + u*step;
+        if (cls[u] == 3) {
+            continue;
+        }
+        if (cls[u] != 0) {
+            for (int r = 0; r < nh; ++r) {
+                drow[r*ds + c] = cls[u] == 1 ? ADAMAS_DIST_NONE : 0;
+                if (cls[u] == 2) {
+                    atomicAdd(&hrow[r*nbins], 1);
+                    lo = 0;
+                }
+            }
+            continue;
+        }
+        if (group) {
+            int d = 1;
+            for (int j = 0; j < g; ++j) {
+                d += ABL & 4 ? (int) ((k[u][0] >> (8*j)) & 0x3F) : (int) adamas_l1<D>(qh + j*NW, k[u]);
+            }
+            if constexpr (!(ABL & 2)) {
+                drow[c] = (uint16_t) d;
+            }
+            if constexpr (!(ABL & 1)) {
+                atomicAdd(&hrow[d], 1);
+                lo = min(lo, d);
+                hi = max(hi, d);
+            } else {
+                lo ^= d; // keeps the distance alive
+            }
+        } else {
+            uint16_t * dj = drow;
+            int      * hj = hrow;
+            for (int j = 0; j < g; ++j, dj += ds, hj += nbins) {
+                const int d = 1 + (ABL & 4 ? (int) ((k[u][0] >> (8*j)) & 0x3F) : (int) adamas_l1<D>(qh + j*NW, k[u]));
+                if constexpr (!(ABL & 2)) {
+                    dj[c] = (uint16_t) d;
+                }
+                if constexpr (!(ABL & 1)) {
+                    atomicAdd(&hj[d], 1);
+                    lo = min(lo, d);
+                    hi = max(hi, d);
+                } else {
+                    lo ^= d;
+                }
+            }
+        }
+    }
+}
+
+// PIPE: the next round's codes are loaded before this round's distances are counted (two rounds of registers)
+template <int D, bool VEC, bool PIPE, int ABL = 0>
+static __global__ void __launch_bounds__(ADAMAS_SELECT_DIST_BLOCK, PIPE ? 2 : 3) // more blocks: more loads in flight
 adamas_select_dist_kernel(const adamas_select_args a) {
     constexpr int NW = D/16;
-    constexpr int DU = D >= 256 ? 2 : 4; // cells per thread and round, their loads issued together
+    constexpr int DU = D >= 256 ? 2 : ADAMAS_SELECT_DIST_CELLS_T; // cells per thread and round, loaded together
 
     // HB adjacent KV heads per block, a thread per (cell, head) with the head fastest: a cell's codes of all KV
     // heads are contiguous in the cache row, so HB threads read HB*D/4 contiguous bytes (whole DRAM bursts,
@@ -94,23 +177,24 @@ adamas_select_dist_kernel(const adamas_select_args a) {
     const int64_t kvh0  = (int64_t) blockIdx.x*HB;
     const int64_t iq    = blockIdx.z % a.n_q;
     const int64_t is    = blockIdx.z / a.n_q;
-    const int64_t c0    = (int64_t) blockIdx.y*a.chunk;
-    const int64_t c1    = min(c0 + a.chunk, a.n_kv);
+    const int     c0    = (int) (blockIdx.y*a.chunk);
+    const int     c1    = (int) min((int64_t) c0 + a.chunk, a.n_kv);
 
     const int     g     = (int) a.n_gqa;                 // query heads of a KV head
     const int     nh    = a.group ? 1 : g;               // histogram rows per KV head
-    const int64_t nbins = a.nbins;
+    const int     nbins = (int) a.nbins;
+    const int     nhist = HB*nh*nbins;
 
     extern __shared__ uint32_t smem[];
     uint32_t * qw   = smem;                              // HB*g codes of NW words
     int      * hs   = (int *) (qw + HB*g*NW);            // HB*nh rows of nbins
-    int      * rlo  = hs + HB*nh*nbins;                  // per KV head: smallest and largest bin used
+    int      * rlo  = hs + nhist;                        // per KV head: smallest and largest bin used
     int      * rhi  = rlo + HB;
 
     for (int k = threadIdx.x; k < HB*g*NW; k += blockDim.x) {
         qw[k] = ((const uint32_t *) (a.qc + (kvh0*g + k/NW)*a.qnb1 + iq*a.qnb2 + is*a.qnb3))[k % NW];
     }
-    for (int64_t k = threadIdx.x; k < HB*nh*nbins; k += blockDim.x) {
+    for (int k = threadIdx.x; k < nhist; k += blockDim.x) {
         hs[k] = 0;
     }
     if (threadIdx.x < HB) {
@@ -121,65 +205,40 @@ adamas_select_dist_kernel(const adamas_select_args a) {
 
     const int     hb    = threadIdx.x % HB;
     const int64_t kvh   = kvh0 + hb;
-    const int64_t step  = blockDim.x / HB;              // cells per round and unroll slot
+    const int     step  = blockDim.x / HB;              // cells per round and unroll slot
     const int64_t row0  = (a.group ? kvh : kvh*g) + a.n_sel*(iq + a.n_q*is);
     const char *  mrow  = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
     const char *  kb    = a.kc + kvh*a.knb1 + is*a.knb3;
     const uint32_t * qh = qw + hb*g*NW;
-    int * hrow = hs + hb*nh*nbins;
+    int      * hrow = hs + hb*nh*nbins;
+    uint16_t * drow = a.dist + row0*a.dist_stride;
     int lo = INT_MAX, hi = -1;
 
-    for (int64_t cb = c0 + threadIdx.x / HB; cb < c1; cb += DU*step) {
+    if constexpr (PIPE) {
         uint32_t k[DU][NW];
-        int      cls[DU]; // 0 ranked, 1 -INF, 2 +INF, 3 past the chunk
+        int      cls[DU];
+        int      cb = c0 + (int) threadIdx.x / HB;
+        adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, cb, step, c1, k, cls);
+        for (; cb < c1; cb += DU*step) {
+            uint32_t kn[DU][NW];
+            int      clsn[DU];
+            adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, cb + DU*step, step, c1, kn, clsn);
+            adamas_dist_count<D, DU, ABL>(a.group, qh, hrow, drow, a.dist_stride, g, nh, nbins, cb, step, k, cls, lo, hi);
 #pragma unroll
-        for (int u = 0; u < DU; ++u) {
-            const int64_t c = cb + u*step;
-            cls[u] = c < c1 ? 0 : 3;
-            if (cls[u] == 0) {
-                // the code load does not wait for the mask: masked cells are few (padding, other sequences)
-                adamas_load_code<D, VEC>(kb + c*a.knb2, k[u]);
-                if (mrow) {
-                    const uint32_t mv = adamas_mask_bits(mrow, a.mask_f16, c);
-                    cls[u] = mv == (a.mask_f16 ? ADAMAS_F16_NINF : ADAMAS_F32_NINF) ? 1
-                           : mv == (a.mask_f16 ? ADAMAS_F16_PINF : ADAMAS_F32_PINF) ? 2 : 0;
+            for (int u = 0; u < DU; ++u) {
+                cls[u] = clsn[u];
+#pragma unroll
+                for (int w = 0; w < NW; ++w) {
+                    k[u][w] = kn[u][w];
                 }
             }
         }
-#pragma unroll
-        for (int u = 0; u < DU; ++u) {
-            const int64_t c = cb + u*step;
-            if (cls[u] == 3) {
-                continue;
-            }
-            if (cls[u] != 0) {
-                for (int r = 0; r < nh; ++r) {
-                    a.dist[(row0 + r)*a.dist_stride + c] = cls[u] == 1 ? ADAMAS_DIST_NONE : 0;
-                    if (cls[u] == 2) {
-                        atomicAdd(&hrow[r*nbins], 1);
-                        lo = 0;
-                    }
-                }
-                continue;
-            }
-            if (a.group) {
-                uint32_t d = 1;
-                for (int j = 0; j < g; ++j) {
-                    d += adamas_l1<D>(qh + j*NW, k[u]);
-                }
-                a.dist[row0*a.dist_stride + c] = (uint16_t) d;
-                atomicAdd(&hrow[d], 1);
-                lo = min(lo, (int) d);
-                hi = max(hi, (int) d);
-            } else {
-                for (int j = 0; j < g; ++j) {
-                    const uint32_t d = 1 + adamas_l1<D>(qh + j*NW, k[u]);
-                    a.dist[(row0 + j)*a.dist_stride + c] = (uint16_t) d;
-                    atomicAdd(&hrow[j*nbins + d], 1);
-                    lo = min(lo, (int) d);
-                    hi = max(hi, (int) d);
-                }
-            }
+    } else {
+        for (int cb = c0 + (int) threadIdx.x / HB; cb < c1; cb += DU*step) {
+            uint32_t k[DU][NW];
+            int      cls[DU];
+            adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, cb, step, c1, k, cls);
+            adamas_dist_count<D, DU, ABL>(a.group, qh, hrow, drow, a.dist_stride, g, nh, nbins, cb, step, k, cls, lo, hi);
         }
     }
     if (lo <= hi || lo == 0) {
@@ -188,14 +247,28 @@ adamas_select_dist_kernel(const adamas_select_args a) {
     }
     __syncthreads();
 
-    // only the bins the block used go to the global histograms
-    for (int64_t k = threadIdx.x; k < HB*nh*nbins; k += blockDim.x) {
-        const int r = (int) (k / nbins);
-        const int b = (int) (k % nbins);
-        const int h = r / nh;
-        if (b >= rlo[h] && b <= rhi[h] && hs[k] != 0) {
+    if constexpr (ABL & 8) {
+        if (lo == 12345) { a.hist[0] = hi; } // keeps the work alive
+    } else {
+        // only the bins the block used go to the global histograms: a warp per histogram row, its lanes over the
+        // row's used bins
+        const int lane = threadIdx.x % WARP_SIZE;
+        for (int r = threadIdx.x / WARP_SIZE; r < HB*nh; r += blockDim.x / WARP_SIZE) {
+            const int h   = r / nh;
+            const int blo = rlo[h];
+            const int bhi = rhi[h];
+            if (blo > bhi) {
+                continue; // no visible cell in the block (blo is INT_MAX)
+            }
             const int64_t row = (a.group ? kvh0 + r : kvh0*g + r) + a.n_sel*(iq + a.n_q*is);
-            atomicAdd(&a.hist[row*nbins + b], hs[k]);
+            int32_t   * gh = a.hist + row*nbins;
+            const int * sh = hs + r*nbins;
+            for (int b = blo + lane; b <= bhi; b += WARP_SIZE) {
+                const int v = sh[b];
+                if (v != 0) {
+                    atomicAdd(&gh[b], v);
+                }
+            }
         }
     }
 }
@@ -298,16 +371,33 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
     const int64_t n_pad = (a.n_kv + PT - 1)/PT*PT;
     int found_lt = 0;
     int found_eq = 0;
+    // the next tile's distances are loaded while this one is compacted
+    uint4 vn[PT/8];
+    auto load_tile = [&](int64_t hi) {
+        const int64_t cs = hi - (int64_t) PT*(threadIdx.x + 1);
+        if (cs >= 0) {
+#pragma unroll
+            for (int i = 0; i < PT/8; ++i) {
+                vn[i] = ((const uint4 *) (dist + cs))[i];
+            }
+        }
+    };
+    if (n_out > 0) {
+        load_tile(n_pad);
+    }
     for (int64_t hi = n_pad; hi > 0 && n_out > 0; hi -= tile) {
         const int64_t cs = hi - (int64_t) PT*(threadIdx.x + 1); // this thread's PT cells: [cs, cs + PT)
         uint16_t d[PT];
         int n_lt = 0, n_eq = 0;
-        if (cs >= 0) {
-            uint4 v[PT/8];
+        uint4 v[PT/8];
 #pragma unroll
-            for (int i = 0; i < PT/8; ++i) {
-                v[i] = ((const uint4 *) (dist + cs))[i];
-            }
+        for (int i = 0; i < PT/8; ++i) {
+            v[i] = vn[i];
+        }
+        if (hi > tile) {
+            load_tile(hi - tile);
+        }
+        if (cs >= 0) {
             const uint16_t * dv = (const uint16_t *) v;
 #pragma unroll
             for (int i = 0; i < PT; ++i) {
@@ -403,12 +493,18 @@ static size_t adamas_select_dist_smem(int D, int64_t n_gqa, bool group, int64_t 
          + 2*hb*sizeof(int);
 }
 
-// KV heads per distance block: 4 (128 contiguous bytes per cell at D = 128) while the block's histograms stay
-// small (they are zeroed and scanned per block), else 2 or 1
+// cells of one round of a distance block (DU per thread; D = 256 takes 2, its registers allow no more)
+static int64_t adamas_select_round(int hb, int D) {
+    return (int64_t) (ADAMAS_SELECT_DIST_BLOCK/hb)*(D >= 256 ? 2 : ADAMAS_SELECT_DIST_CELLS_T);
+}
+
+// KV heads per distance block: 8 (256 contiguous bytes per cell at D = 128), 4 or 2 while the block's histograms
+// stay small (they are zeroed and flushed per block), else 1. The H200 sweep (docs/perf-notes.md, v5) found the
+// widest such block fastest at every shape it timed.
 static int adamas_select_hb(int D, int64_t n_head_kv, int64_t n_gqa, bool group, int64_t nbins) {
     const int64_t rows = group ? 1 : n_gqa; // histogram rows per KV head
-    for (int hb : { 4, 2 }) {
-        if (n_head_kv % hb == 0 && hb*rows*nbins <= 2048 &&
+    for (int hb : { 8, 4, 2 }) {
+        if (n_head_kv % hb == 0 && hb*rows*nbins <= 4096 &&
             adamas_select_dist_smem(D, n_gqa, group, nbins, hb) <= ADAMAS_SELECT_MAX_SMEM) {
             return hb;
         }
@@ -424,31 +520,49 @@ static void adamas_set_smem(K kernel, size_t smem) {
     }
 }
 
+template <int D, bool VEC>
+static void adamas_select_dist_launch_v(const adamas_select_args & a, const dim3 grid, size_t smem, cudaStream_t stream) {
+    if (a.pipe) {
+        adamas_set_smem(adamas_select_dist_kernel<D, VEC, true>, smem);
+        adamas_select_dist_kernel<D, VEC, true><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+    } else {
+        adamas_set_smem(adamas_select_dist_kernel<D, VEC, false>, smem);
+        adamas_select_dist_kernel<D, VEC, false><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+    }
+}
+
 template <int D>
 static void adamas_select_dist_launch(const adamas_select_args & a, bool vec, cudaStream_t stream) {
     const size_t smem = adamas_select_dist_smem(D, a.n_gqa, a.group, a.nbins, a.hb);
     const dim3 grid((unsigned) (a.n_head_kv/a.hb), (unsigned) ((a.n_kv + a.chunk - 1)/a.chunk), (unsigned) (a.n_q*a.ns));
     if (vec) {
-        adamas_set_smem(adamas_select_dist_kernel<D, true>, smem);
-        adamas_select_dist_kernel<D, true><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+        adamas_select_dist_launch_v<D, true>(a, grid, smem, stream);
     } else {
-        adamas_set_smem(adamas_select_dist_kernel<D, false>, smem);
-        adamas_select_dist_kernel<D, false><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+        adamas_select_dist_launch_v<D, false>(a, grid, smem, stream);
     }
 }
 
-// a.dist and a.hist must hold nrows*dist_stride uint16 and nrows*nbins int32; sets a.hb and a.chunk
-static void adamas_select_launch(adamas_select_args & a, int D, bool vec, cudaStream_t stream) {
+// The distance kernel's shape: a.hb, a.chunk (cells per block, a whole number of rounds) and a.pipe. The
+// harness may change them before adamas_select_run (its sweep); the op takes them as they are.
+static void adamas_select_plan(adamas_select_args & a, int D) {
+    a.hb = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins);
+    // From the harness's sweep on the H200 (docs/perf-notes.md, v5): enough rounds per block that the grid is
+    // about two blocks per SM, but at most 4 (longer blocks lose more than the flushes they save), the loads
+    // pipelined where the grid fits in one wave of two blocks per SM (the registers allow no more).
+    const int64_t round  = adamas_select_round(a.hb, D);
+    const int64_t slots  = (int64_t) std::max(1, a.n_sm)*2;
+    const int64_t cells  = a.n_kv*(a.n_head_kv/a.hb)*a.n_q*a.ns; // (cell, block of KV heads) pairs
+    const int64_t rounds = std::max<int64_t>(1, std::min<int64_t>(4, (cells + slots*round - 1)/(slots*round)));
+    a.chunk = rounds*round;
+    const int64_t blocks = (a.n_head_kv/a.hb)*((a.n_kv + a.chunk - 1)/a.chunk)*a.n_q*a.ns;
+    a.pipe = blocks <= slots;
+}
+
+// a.dist and a.hist must hold nrows*dist_stride uint16 and nrows*nbins int32; a.hb, a.chunk and a.pipe are set
+static void adamas_select_run(const adamas_select_args & a, int D, bool vec, cudaStream_t stream) {
     if (a.nrows == 0) {
         return;
     }
-    a.hb = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins);
-    // cells per block: one round of 4 per thread, or more rounds while the grid still gives every SM about six
-    // blocks (so longer blocks spread their query-code load and histogram flush over more cells)
-    const int64_t round  = (int64_t) (ADAMAS_SELECT_DIST_BLOCK/a.hb)*ADAMAS_SELECT_DIST_CELLS_T;
-    const int64_t target = (int64_t) std::max(1, a.n_sm)*6;
-    const int64_t want   = a.n_kv*(a.n_head_kv/a.hb)*a.n_q*a.ns/target;
-    a.chunk = std::max<int64_t>(1, std::min<int64_t>(16, want/round))*round;
     cudaMemsetAsync(a.hist, 0, a.nrows*a.nbins*sizeof(int32_t), stream);
     if (a.n_kv > 0) {
         switch (D) {
@@ -463,6 +577,11 @@ static void adamas_select_launch(adamas_select_args & a, int D, bool vec, cudaSt
     const size_t smem   = (size_t) n_sort*sizeof(unsigned long long);
     adamas_set_smem(adamas_select_emit_kernel, smem);
     adamas_select_emit_kernel<<<(unsigned) a.nrows, ADAMAS_SELECT_EMIT_BLOCK, smem, stream>>>(a, n_sort);
+}
+
+static void adamas_select_launch(adamas_select_args & a, int D, bool vec, cudaStream_t stream) {
+    adamas_select_plan(a, D);
+    adamas_select_run(a, D, vec, stream);
 }
 
 static int64_t adamas_select_dist_stride(int64_t n_kv) {

@@ -6,6 +6,8 @@
 //   ./adamas-cuda-harness check [seed]     every kernel against scalar host references (exact codes and
 //                                          indices; attention within 1e-4 relative), outputs poisoned first
 //   ./adamas-cuda-harness bench            kernel times at the issue's shapes (CUDA events, medians)
+//   ./adamas-cuda-harness sweep            distance-kernel shapes (heads per block, rounds, pipelining) timed
+//   ./adamas-cuda-harness ablate           distance-kernel time with stages left out (where the time goes)
 //   compute-sanitizer ./adamas-cuda-harness check     (memcheck; racecheck/synccheck with --tool)
 //
 // The host references are written here, independently of the CPU kernels: the FWHT in the order the spec
@@ -161,7 +163,8 @@ static void check_encode(std::mt19937 & rng, int D, int n_head, int n_rows, int 
 }
 
 // ---- select ----
-struct sel_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool group; int mask; int pool; bool vec; };
+struct sel_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool group; int mask; int pool; bool vec;
+                  int hb = 0, rounds = 0, pipe = -1; }; // distance-kernel shape overrides (0/-1: the op's plan)
 // mask: 0 none, 1 f16 with -INF holes and a few +INF, 2 f32 all -INF in query 0; pool: >0 draws codes from
 // that many distinct codes (ties)
 
@@ -176,7 +179,8 @@ static void make_codes(std::mt19937 & rng, int D, int64_t n, int pool, std::vect
     }
 }
 
-static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, float * ms_dist = nullptr) {
+static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, float * ms_dist = nullptr,
+                       std::vector<int32_t> * idx = nullptr, int64_t * n_blocks = nullptr) {
     const int D = sc.D, csz = D/4, nh = sc.n_head_kv*sc.n_gqa;
     const int n_kv = sc.n_kv, n_q = sc.n_q;
     std::vector<uint8_t> qc, kc;
@@ -231,12 +235,18 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     { cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0)); a.n_sm = prop.multiProcessorCount; }
     a.dst = (char *) dout.p; a.onb1 = (int64_t) sc.budget*4; a.onb2 = a.onb1*n_sel; a.onb3 = a.onb2*n_q;
 
-    adamas_select_launch(a, D, sc.vec, 0);
+    adamas_select_plan(a, D);
+    if (sc.hb > 0) a.hb = sc.hb;
+    if (sc.rounds > 0) a.chunk = sc.rounds*adamas_select_round(a.hb, D);
+    if (sc.pipe >= 0) a.pipe = sc.pipe != 0;
+    if (n_blocks) *n_blocks = (a.n_head_kv/a.hb)*((n_kv + a.chunk - 1)/a.chunk)*n_q;
+    adamas_select_run(a, D, sc.vec, 0);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+    if (idx) *idx = dout.down();
 
     if (ms_dist) {
         // [0] whole op, [1] distance kernel alone, [2] emit kernel alone
-        ms_dist[0] = time_graph_us([&](cudaStream_t st) { adamas_select_launch(a, D, sc.vec, st); });
+        ms_dist[0] = time_graph_us([&](cudaStream_t st) { adamas_select_run(a, D, sc.vec, st); });
         ms_dist[1] = time_graph_us([&](cudaStream_t st) { adamas_select_dist_launch<128>(a, sc.vec, st); });
         const int n_sort = adamas_next_pow2(std::min(sc.budget, n_kv));
         ms_dist[2] = time_graph_us([&](cudaStream_t st) {
@@ -394,6 +404,12 @@ static int do_check(unsigned seed) {
             run_select({D, 2, gqa, n_kv, (mask == 2) ? 2 : 1, budget, group, mask, pool, (D + n_kv) % 4 != 0}, rng, true);
         }
     }
+    // the distance kernel's other shapes (the sweep's): pipelined loads, several heads and rounds per block
+    for (int D : {32, 64, 128, 256}) for (bool group : {false, true}) for (int gqa : {1, 4}) for (int hb : {1, 2, 4}) {
+        sel_case sc = {D, 4, gqa, 2000 + 37*hb, 1 + (hb == 2), 64 + hb, group, hb == 2 ? 2 : 1, D == 64 ? 3 : 0, hb != 4};
+        sc.hb = hb; sc.rounds = 1 + (D + hb) % 3; sc.pipe = (D/32 + hb) % 2;
+        run_select(sc, rng, true);
+    }
     run_select({128, 8, 4, 40000, 1, 256, true, 1, 0, true}, rng, true);
     run_select({128, 8, 4, 40000, 1, 4096, false, 0, 2, true}, rng, true);
     run_select({64, 1, 32, 5000, 1, 100, true, 1, 0, true}, rng, true);   // MQA: 32 heads on one KV head
@@ -427,18 +443,105 @@ static int do_bench() {
     return 0;
 }
 
+// The distance kernel's shape (KV heads per block, rounds per block, pipelined loads) swept at the bench shapes;
+// every variant's indices are compared with the op's own plan.
+static int do_sweep() {
+    cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    printf("| n_kv | heads q/kv | mode | hb | rounds | pipe | blocks | dist us | GB/s | select us | same |\n|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|:---|\n");
+    struct shape { int n_kv, n_head_kv; bool group; };
+    for (const shape sh : { shape{32768, 32, true}, shape{32768, 8, false}, shape{131072, 32, true}, shape{131072, 8, false},
+                            shape{32768, 8, true}, shape{8192, 32, true} }) {
+        sel_case base = {128, sh.n_head_kv, 32/sh.n_head_kv, sh.n_kv, 1, 64, sh.group, 1, 0, true};
+        std::vector<int32_t> want;
+        float t0[3];
+        int64_t nb0 = 0;
+        { std::mt19937 rng(11); run_select(base, rng, false, t0, &want, &nb0); }
+        const double mib = (double) sh.n_kv*sh.n_head_kv*32/1048576.0;
+        printf("| %d | 32/%d | %s | plan | plan | plan | %lld | %.1f | %.0f | %.1f | |\n", sh.n_kv, sh.n_head_kv, sh.group ? "group" : "head",
+               (long long) nb0, t0[1], mib*1048576.0/(t0[1]*1e-6)/1e9, t0[0]);
+        for (int hb : {1, 2, 4, 8, 16, 32}) for (int rounds : {1, 2, 4, 8, 16, 32}) for (int pipe : {0, 1}) {
+            if (sh.n_head_kv % hb) continue;
+            const int64_t rows = sh.group ? 1 : 32/sh.n_head_kv;
+            if (adamas_select_dist_smem(128, 32/sh.n_head_kv, sh.group, adamas_select_nbins(128, 32/sh.n_head_kv, sh.group), hb) > ADAMAS_SELECT_MAX_SMEM) continue;
+            (void) rows;
+            sel_case sc = base; sc.hb = hb; sc.rounds = rounds; sc.pipe = pipe;
+            std::vector<int32_t> got;
+            float t[3];
+            int64_t nb = 0;
+            std::mt19937 rng(11);
+            run_select(sc, rng, false, t, &got, &nb);
+            printf("| %d | 32/%d | %s | %d | %d | %d | %lld | %.1f | %.0f | %.1f | %s |\n", sh.n_kv, sh.n_head_kv, sh.group ? "group" : "head",
+                   hb, rounds, pipe, (long long) nb, t[1], mib*1048576.0/(t[1]*1e-6)/1e9, t[0], got == want ? "yes" : "NO");
+            if (got != want) g_fail++;
+        }
+    }
+    return g_fail ? 1 : 0;
+}
+
+// Where the distance kernel's time goes: the op's plan at a few shapes, timed with stages left out (ABL bits of
+// adamas_dist_count: 1 histogram atomics, 2 distance stores, 4 L1 arithmetic, 8 flush); 15 leaves the loads.
+template <int ABL>
+static float time_dist_abl(const adamas_select_args & a) {
+    const size_t smem = adamas_select_dist_smem(128, a.n_gqa, a.group, a.nbins, a.hb);
+    const dim3 grid((unsigned) (a.n_head_kv/a.hb), (unsigned) ((a.n_kv + a.chunk - 1)/a.chunk), (unsigned) (a.n_q*a.ns));
+    return time_graph_us([&](cudaStream_t st) {
+        if (a.pipe) {
+            adamas_set_smem(adamas_select_dist_kernel<128, true, true, ABL>, smem);
+            adamas_select_dist_kernel<128, true, true, ABL><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, st>>>(a);
+        } else {
+            adamas_set_smem(adamas_select_dist_kernel<128, true, false, ABL>, smem);
+            adamas_select_dist_kernel<128, true, false, ABL><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, st>>>(a);
+        }
+    });
+}
+
+static int do_ablate() {
+    printf("| n_kv | heads q/kv | mode | hb | chunk | pipe | all | -atomics | -stores | -L1 | -flush | -atomics-stores | loads only |\n"
+           "|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    struct shape { int n_kv, n_head_kv; bool group; };
+    for (const shape sh : { shape{32768, 32, true}, shape{32768, 8, false}, shape{131072, 32, true}, shape{131072, 8, false} }) {
+        const int n_kv = sh.n_kv, nkvh = sh.n_head_kv, gqa = 32/nkvh, csz = 32;
+        std::mt19937 rng(5);
+        std::vector<uint8_t> qc, kc;
+        make_codes(rng, 128, 32, 0, qc);
+        make_codes(rng, 128, (int64_t) nkvh*n_kv, 0, kc);
+        dbuf<uint8_t> dq(qc.size()); dq.up(qc);
+        dbuf<uint8_t> dk(kc.size()); dk.up(kc);
+        adamas_select_args a = {};
+        a.qc = (const char *) dq.p; a.qnb1 = csz; a.qnb2 = csz*32; a.qnb3 = a.qnb2;
+        a.kc = (const char *) dk.p; a.knb1 = csz; a.knb2 = (int64_t) csz*nkvh; a.knb3 = a.knb2*n_kv;
+        a.n_head = 32; a.n_head_kv = nkvh; a.n_gqa = gqa; a.n_q = 1; a.ns = 1; a.n_kv = n_kv; a.mne3 = 1;
+        a.group = sh.group; a.budget = 64; a.n_sel = sh.group ? nkvh : 32;
+        a.nbins = adamas_select_nbins(128, gqa, sh.group); a.nrows = a.n_sel;
+        a.dist_stride = adamas_select_dist_stride(n_kv);
+        dbuf<uint16_t> ddist(a.nrows*a.dist_stride); dbuf<int32_t> dhist(a.nrows*a.nbins); dbuf<int32_t> dout(a.nrows*64);
+        a.dist = ddist.p; a.hist = dhist.p; a.dst = (char *) dout.p; a.onb1 = 256; a.onb2 = a.onb1*a.n_sel; a.onb3 = a.onb2;
+        { cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0)); a.n_sm = prop.multiProcessorCount; }
+        adamas_select_plan(a, 128);
+        printf("| %d | 32/%d | %s | %d | %lld | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", n_kv, nkvh, sh.group ? "group" : "head",
+               a.hb, (long long) a.chunk, (int) a.pipe, time_dist_abl<0>(a), time_dist_abl<1>(a), time_dist_abl<2>(a), time_dist_abl<4>(a),
+               time_dist_abl<8>(a), time_dist_abl<3>(a), time_dist_abl<15>(a));
+    }
+    return 0;
+}
+
 int main(int argc, char ** argv) {
     const std::string cmd = argc > 1 ? argv[1] : "check";
     if (cmd == "check") return do_check(argc > 2 ? (unsigned) atoi(argv[2]) : 42u);
     if (cmd == "bench") return do_bench();
+    if (cmd == "sweep") return do_sweep();
+    if (cmd == "ablate") return do_ablate();
     if (cmd == "one" && argc >= 6) { // one select and one attention launch, for a profiler
         std::mt19937 rng(1);
         const int n_kv = atoi(argv[2]), n_head_kv = atoi(argv[3]), budget = atoi(argv[4]);
         const bool group = std::string(argv[5]) == "group";
-        run_select({128, n_head_kv, 32/n_head_kv, n_kv, 1, budget, group, 0, 0, true}, rng, false);
+        sel_case sc = {128, n_head_kv, 32/n_head_kv, n_kv, 1, budget, group, 0, 0, true};
+        if (argc >= 9) { sc.hb = atoi(argv[6]); sc.rounds = atoi(argv[7]); sc.pipe = atoi(argv[8]); }
+        run_select(sc, rng, false);
         run_attn({128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, false, 0.0f}, rng, false);
         return 0;
     }
-    fprintf(stderr, "usage: %s check [seed] | bench | one N_KV N_HEAD_KV BUDGET group|head\n", argv[0]);
+    fprintf(stderr, "usage: %s check [seed] | bench | sweep | ablate | one N_KV N_HEAD_KV BUDGET group|head [HB ROUNDS PIPE]\n", argv[0]);
     return 2;
 }
