@@ -5,13 +5,15 @@
 #   scripts/device.sh bundle    here, with a package index: fill .device/ (git-ignored, ~6.5 MiB) with the
 #                               trimmed upstream tree and the wheels the GPU machine lacks
 #   scripts/device.sh kernels   there: the standalone kernel harness (seconds to build): checks against scalar
-#                               references, compute-sanitizer (memcheck, racecheck), kernel times
+#                               references, compute-sanitizer (memcheck, racecheck), kernel times, the distance
+#                               kernel's ablation (SWEEP=1: also the sweep its plan comes from)
 #   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90)
 #   scripts/device.sh test      there: CTest (CPU and CUDA decode tests, test-backend-ops on every Adamas case)
 #   scripts/device.sh perf      there: test-backend-ops perf of the Adamas ops and of upstream flash attention
 #   scripts/device.sh passkey   there: SmolLM2 passkey answers on CPU and GPU (model: $ADAMAS_MODEL, or the
 #                               parts .device/m1/smol.part.aa + .device/m2/smol.part.ab joined, sent in two calls)
 #   scripts/device.sh e2e       there: random 7B MHA / 8B GQA Q4_0 models, decode t/s at depth, dense vs budgets
+#                               (and depth 512 with budget 1024: within the budget)
 #
 # Logs go to $OUT when it is set (the device tool brings that folder back).
 set -euo pipefail
@@ -38,6 +40,8 @@ kernels)
     compute-sanitizer --tool memcheck /tmp/adamas-harness check 3 2>&1 | tail -2
     compute-sanitizer --tool racecheck /tmp/adamas-harness check 5 2>&1 | tail -2
     /tmp/adamas-harness bench | tee "$LOG/kernels.md"
+    /tmp/adamas-harness ablate | tee "$LOG/ablate.md"
+    [ -z "${SWEEP:-}" ] || /tmp/adamas-harness sweep > "$LOG/sweep.md" # SWEEP=1: the distance-kernel plan sweep
     ;;
 build)
     $PY -m pip install -q --no-index --no-deps "$BUNDLE"/wheels/*.whl
@@ -86,6 +90,8 @@ e2e)
     [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
     [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
     B=$BUILD/tests/cpp/bench-adamas-decode
+    # within the budget (the step must be upstream's), then the depths
+    $B -m /tmp/r7b.gguf -d 512 -b 0,1024 -n 64 -r 5 | tee -a "$LOG/e2e.md"
     $B -m /tmp/r7b.gguf -d ${D7:-8192,32768,65536} -b ${BUDGETS:-0,64,256} -n 64 -r 3 | tee -a "$LOG/e2e.md"
     $B -m /tmp/r8b.gguf -d ${D8:-32768,131072} -b ${BUDGETS:-0,64,256} -n 64 -r 3 | tee -a "$LOG/e2e.md"
     ;;
