@@ -60,7 +60,7 @@ def test_defaults_agree_with_library():
     assert _lib.llama_adamas_params_check(c) is None
     # ...and the same defaults in Llama's signature and on the command line
     sig = inspect.signature(Llama.__init__).parameters
-    for f in ("budget", "n_dense", "thr_mode", "thr_q", "thr_k", "select", "n_sink", "n_recent"):
+    for f in ("budget", "n_dense", "thr_mode", "thr_q", "thr_k", "select", "n_sink", "n_recent", "rerank"):
         assert sig[f].default == getattr(AdamasParams(), f), f
     args = cli_mod.build_parser().parse_args(["run"])
     assert cli_mod.adamas_params(args, cli_mod.build_parser()) == AdamasParams()
@@ -72,10 +72,13 @@ def test_c_round_trip():
     raw = _raw(p.to_c())
     assert raw == dict(budget=96, n_dense=1, thr_mode=_lib.LLAMA_ADAMAS_THR_FIXED, thr_q=10.0,
                        thr_k=ctypes.c_float(0.3).value, select_mode=_lib.LLAMA_ADAMAS_SELECT_HEAD, n_sink=4,
-                       n_recent=32)
+                       n_recent=32, rerank=1)
     assert AdamasParams.from_c(p.to_c()) == p
     assert p.thr_k == ctypes.c_float(0.3).value  # stored as the library's float: reads back equal
-    assert str(p) == "budget=96 n_dense=1 thr_mode=fixed thr_q=10 thr_k=0.3 select=head n_sink=4 n_recent=32"
+    assert str(p) == ("budget=96 n_dense=1 thr_mode=fixed thr_q=10 thr_k=0.3 select=head n_sink=4 n_recent=32 "
+                      "rerank=1")
+    r = AdamasParams(budget=64, rerank=4)
+    assert _raw(r.to_c())["rerank"] == 4 and AdamasParams.from_c(r.to_c()) == r
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,6 +101,9 @@ BAD = [  # (keywords, exception, the message, a regex)
     (dict(n_recent=-4), ValueError, r"^n_recent must be >= 0, got -4$"),
     (dict(budget=16, n_sink=8, n_recent=9), ValueError,
      r"n_sink \+ n_recent \(8 \+ 9 = 17\) must not exceed budget \(16\)"),
+    (dict(rerank=0), ValueError, r"^rerank must be >= 1 \(1 = off\), got 0$"),
+    (dict(budget=64, rerank=4, n_sink=4), ValueError, r"rerank does not go with n_sink or n_recent"),
+    (dict(budget=2**30, rerank=4), ValueError, r"rerank \* budget must fit in 32 bits"),
     (dict(budget=1.5), TypeError, r"budget must be an int, got 1\.5"),
     (dict(budget=True), TypeError, r"budget must be an int"),
     (dict(n_sink="4"), TypeError, r"n_sink must be an int"),
@@ -129,14 +135,15 @@ def test_python_is_at_least_as_strict_as_the_library():
     ints = (-1, 0, 1, 4, 64)
     for budget, n_dense, n_sink, n_recent, thr, mode, sel in itertools.product(
             ints, (-1, 0, 2), ints, ints, (-1.0, 0.0, 1e-3, 0.5, 10.0), (0, 1, 2), (0, 1, 2)):
-        raw = _lib.llama_adamas_params(budget, n_dense, mode, thr, 0.5, sel, n_sink, n_recent)
+        raw = _lib.llama_adamas_params(budget, n_dense, mode, thr, 0.5, sel, n_sink, n_recent, 1)
         try:
             p = AdamasParams.from_c(raw)
         except ValueError:
             continue
         assert _lib.llama_adamas_params_check(p.to_c()) is None, p
     for bad in (dict(budget=-1), dict(n_dense=-1), dict(thr_q=0.0), dict(thr_k=-1.0), dict(thr_mode=7),
-                dict(select_mode=7), dict(n_sink=-1), dict(n_recent=-1)):
+                dict(select_mode=7), dict(n_sink=-1), dict(n_recent=-1), dict(rerank=0),
+                dict(rerank=2, n_sink=1, budget=8)):
         raw = AdamasParams().to_c()
         for k, v in bad.items():
             setattr(raw, k, v)
@@ -404,7 +411,7 @@ def test_cli_verbose_reports_params_and_steps(tiny_model):
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
     want = ("adamas_gguf: adamas: budget=16 n_dense=2 thr_mode=fixed thr_q=10 thr_k=10 select=group n_sink=0 "
-            f"n_recent=0 (sparse layers: {TINY_LAYERS - 2})")
+            f"n_recent=0 rerank=1 (sparse layers: {TINY_LAYERS - 2})")
     assert want in lines, r.stderr[-2000:]
     steps = [ln for ln in lines if re.fullmatch(r"adamas_gguf: adamas: \d+ sparse decode steps", ln)]
     assert len(steps) == 1 and int(steps[0].split()[2]) > 0, steps

@@ -54,7 +54,7 @@ RUN_FLAGS = ("MODEL", "-m", "--model", "-p", "--prompt", "-f", "--file", "--chat
              "--repeat-penalty", "-s", "--seed", "-t", "--threads", "-ngl", "--n-gpu-layers", "--gpu-layers", "-v",
              "--verbose", "-h", "--help",
              # adamas (tests/test_adamas_params.py tests them)
-             "--budget", "--dense-layers", "--thr-mode", "--thr-q", "--thr-k", "--select", "--sink", "--recent")
+             "--budget", "--dense-layers", "--thr-mode", "--thr-q", "--thr-k", "--select", "--sink", "--recent", "--rerank")
 
 
 def test_run_help_describes_every_flag():
@@ -261,13 +261,16 @@ def _bad_cases(tmp: Path, tiny_model: Path) -> dict:
         "prompt twice": (["run", m, "-p", "a", "-f", text], 1, "not both"),
         "missing prompt file": (["run", m, "-f", tmp / "nope.txt"], 1, "cannot read the prompt file"),
         "system without chat": (["run", m, "-sys", "be nice"], 1, "needs --chat"),
+        "rerank 0": (["run", m, "--rerank", "0"], 2, "--rerank: 0 is out of range"),
+        "rerank with sink": (["run", m, "--budget", "16", "--rerank", "4", "--sink", "2"], 2,
+                             "rerank does not go with n_sink or n_recent"),
     }
 
 
 CASE_NAMES = ["missing file", "directory", "not gguf", "truncated", "unknown arch", "prompt too long",
               "chat prompt too long", "n -5", "n abc", "c 0", "c absurd", "temp -1", "temp nan", "top-p 2",
               "t 0", "ngl -2", "seed -2", "unknown flag", "no command", "unknown command", "two models",
-              "prompt twice", "missing prompt file", "system without chat"]
+              "prompt twice", "missing prompt file", "system without chat", "rerank 0", "rerank with sink"]
 
 
 @pytest.fixture(scope="module")

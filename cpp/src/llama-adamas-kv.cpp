@@ -73,15 +73,17 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
 
     ggml_tensor * enc_k = ggml_adamas_encode_set_rows(c0, codes, kcur, idxs, thr_mode, p.thr_k, false);
     ggml_tensor * enc_q = ggml_adamas_encode(c0, q, thr_mode, p.thr_q, false);
-    ggml_tensor * sel   = ggml_adamas_select(c0, enc_q, kc, mask, std::max(1, p.budget),
-                                             (ggml_adamas_select_mode) p.select_mode);
-    ggml_tensor * attn  = ggml_adamas_attn(c0, qp, kk, vv, mask, sel, 1.0f, 0.0f);
+    const int     pool  = std::max(1, p.budget)*p.rerank;
+    ggml_tensor * sel   = ggml_adamas_select(c0, enc_q, kc, mask, pool, (ggml_adamas_select_mode) p.select_mode);
+    ggml_tensor * attn  = p.rerank > 1 ? ggml_adamas_attn_rerank(c0, qp, kk, vv, mask, sel, 1.0f, 0.0f, std::max(1, p.budget))
+                                       : ggml_adamas_attn(c0, qp, kk, vv, mask, sel, 1.0f, 0.0f);
 
     for (ggml_tensor * op : { enc_k, enc_q, sel, attn }) {
         if (!ggml_backend_dev_supports_op(dev, op)) {
             static thread_local std::string msg;
             msg = std::string(ggml_backend_dev_name(dev)) + " cannot run " + ggml_op_desc(op) + " for this layer (K " +
-                  ggml_type_name(k->type) + ", V " + ggml_type_name(v->type) + ", budget " + std::to_string(p.budget) + ")";
+                  ggml_type_name(k->type) + ", V " + ggml_type_name(v->type) + ", budget " + std::to_string(p.budget) +
+                  (p.rerank > 1 ? ", rerank " + std::to_string(p.rerank) : std::string()) + ")";
             return msg.c_str();
         }
     }
@@ -618,7 +620,8 @@ ggml_tensor * llama_adamas_kv::build_attn(
     ggml_tensor * kc = ggml_view_4d(ctx0, c_written, GGML_ADAMAS_CODE_SIZE(D), k->ne[1], n_kv, ns,
             GGML_ADAMAS_CODE_SIZE(D), row, row*c->ne[1], row*c->ne[1]*sinfo.s0 - c_written->view_offs);
 
-    ggml_tensor * idx = ggml_adamas_select(ctx0, qc, kc, ai->sel_mask ? ai->sel_mask : kq_mask, p.budget,
+    // with rerank the select keeps a pool of rerank*budget, and the attention the budget best of it by exact logit
+    ggml_tensor * idx = ggml_adamas_select(ctx0, qc, kc, ai->sel_mask ? ai->sel_mask : kq_mask, p.budget*p.rerank,
             (ggml_adamas_select_mode) p.select_mode);
     g.cb(idx, "adamas_idx", il);
 
@@ -627,7 +630,8 @@ ggml_tensor * llama_adamas_kv::build_attn(
     ggml_tensor * vp = ggml_permute(ctx0, v,  0, 2, 1, 3);
 
     const float softcap = g.hparams.attn_soft_cap ? g.hparams.f_attn_logit_softcapping : 0.0f;
-    ggml_tensor * cur = ggml_adamas_attn(ctx0, qp, kp, vp, kq_mask, idx, kq_scale, softcap);
+    ggml_tensor * cur = p.rerank > 1 ? ggml_adamas_attn_rerank(ctx0, qp, kp, vp, kq_mask, idx, kq_scale, softcap, p.budget)
+                                     : ggml_adamas_attn(ctx0, qp, kp, vp, kq_mask, idx, kq_scale, softcap);
 
     return ggml_reshape_2d(ctx0, cur, cur->ne[0]*cur->ne[1], cur->ne[2]*cur->ne[3]);
 }

@@ -5,6 +5,7 @@
 #include "llama-adamas-kv.h"
 #include "llama-context.h"
 
+#include <climits>
 #include <cmath>
 #include <cstring>
 
@@ -38,6 +39,7 @@ struct llama_adamas_params llama_adamas_default_params(void) {
     p.select_mode = LLAMA_ADAMAS_SELECT_HEAD;
     p.n_sink      = 0;
     p.n_recent    = 0;
+    p.rerank      = 1;
     return p;
 }
 
@@ -62,6 +64,12 @@ const char * llama_adamas_params_check(const struct llama_adamas_params * p) {
     }
     if (p->n_sink < 0 || p->n_recent < 0) {
         return "n_sink and n_recent must be >= 0";
+    }
+    if (p->rerank < 1 || (int64_t) p->rerank*p->budget > INT32_MAX) {
+        return "rerank must be >= 1 (1: off), and rerank * budget must fit in 32 bits";
+    }
+    if (p->rerank > 1 && (p->n_sink > 0 || p->n_recent > 0)) {
+        return "rerank does not go with n_sink or n_recent (the exact logits pick from the pool; forced tokens would not stay)";
     }
     if (p->budget > 0 && (int64_t) p->n_sink + p->n_recent > p->budget) {
         return "n_sink + n_recent must not exceed the budget (they are kept inside it)";

@@ -123,6 +123,21 @@ GGML_API struct ggml_tensor * ggml_adamas_attn(
         float                 scale,
         float                 softcap);
 
+// The same over the n_keep selected cells with the highest logits only (1 <= n_keep <= idx->ne[0]): idx is a
+// candidate pool (ggml_adamas_select with a larger budget), the exact logits pick the budget from it. Among
+// equal logits the earlier slot is kept (the select's better rank). K is read for every candidate, V only
+// for the kept ones.
+GGML_API struct ggml_tensor * ggml_adamas_attn_rerank(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * q,
+        struct ggml_tensor  * k,
+        struct ggml_tensor  * v,
+        struct ggml_tensor  * mask,
+        struct ggml_tensor  * idx,
+        float                 scale,
+        float                 softcap,
+        int                   n_keep);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,7 +3,7 @@
 // op_params:
 //   ADAMAS_ENCODE: i32 mode, f32 thr, i32 skip_wht, i32 round_f16   src: a, idxs (set_rows form), codes (set_rows form)
 //   ADAMAS_SELECT: i32 budget, i32 mode                     src: qc, kc, mask
-//   ADAMAS_ATTN:   f32 scale, f32 softcap                   src: q, k, v, mask, idx
+//   ADAMAS_ATTN:   f32 scale, f32 softcap, i32 n_keep (0: all) src: q, k, v, mask, idx
 
 #include "ggml-adamas.h"
 #include "ggml-impl.h"
@@ -127,7 +127,7 @@ struct ggml_tensor * ggml_adamas_select(
     return result;
 }
 
-struct ggml_tensor * ggml_adamas_attn(
+static struct ggml_tensor * ggml_adamas_attn_impl(
         struct ggml_context * ctx,
         struct ggml_tensor  * q,
         struct ggml_tensor  * k,
@@ -135,7 +135,8 @@ struct ggml_tensor * ggml_adamas_attn(
         struct ggml_tensor  * mask,
         struct ggml_tensor  * idx,
         float                 scale,
-        float                 softcap) {
+        float                 softcap,
+        int                   n_keep) {
     GGML_ASSERT(q->type == GGML_TYPE_F32 && q->nb[0] == sizeof(float));
     GGML_ASSERT(k->ne[0] == q->ne[0]);
     GGML_ASSERT(v->ne[1] == k->ne[1] && v->ne[2] == k->ne[2] && v->ne[3] == k->ne[3]);
@@ -155,6 +156,7 @@ struct ggml_tensor * ggml_adamas_attn(
 
     ggml_set_op_params_f32(result, 0, scale);
     ggml_set_op_params_f32(result, 1, softcap);
+    ggml_set_op_params_i32(result, 2, n_keep); // 0: every slot
 
     result->op     = GGML_OP_ADAMAS_ATTN;
     result->src[0] = q;
@@ -164,4 +166,30 @@ struct ggml_tensor * ggml_adamas_attn(
     result->src[4] = idx;
 
     return result;
+}
+
+struct ggml_tensor * ggml_adamas_attn(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * q,
+        struct ggml_tensor  * k,
+        struct ggml_tensor  * v,
+        struct ggml_tensor  * mask,
+        struct ggml_tensor  * idx,
+        float                 scale,
+        float                 softcap) {
+    return ggml_adamas_attn_impl(ctx, q, k, v, mask, idx, scale, softcap, 0);
+}
+
+struct ggml_tensor * ggml_adamas_attn_rerank(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * q,
+        struct ggml_tensor  * k,
+        struct ggml_tensor  * v,
+        struct ggml_tensor  * mask,
+        struct ggml_tensor  * idx,
+        float                 scale,
+        float                 softcap,
+        int                   n_keep) {
+    GGML_ASSERT(n_keep >= 1 && n_keep <= idx->ne[0]);
+    return ggml_adamas_attn_impl(ctx, q, k, v, mask, idx, scale, softcap, n_keep);
 }

@@ -102,6 +102,7 @@ class llama_adamas_params(ctypes.Structure):
         ("select_mode", ctypes.c_int32),  # enum llama_adamas_select_mode
         ("n_sink", ctypes.c_int32),       # first tokens always kept (inside the budget)
         ("n_recent", ctypes.c_int32),     # most recent tokens always kept (inside the budget)
+        ("rerank", ctypes.c_int32),       # 1: off; R > 1: a pool of R*budget by codes, the budget best by exact q.k
     ]
 
 

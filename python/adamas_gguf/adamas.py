@@ -78,6 +78,9 @@ class AdamasParams:
               "head": one per query head
     n_sink    the first n_sink tokens of the sequence are always attended (counted in the budget)
     n_recent  the n_recent most recent tokens are always attended (counted in the budget)
+    rerank    1: attend the budget nearest by code distance; R > 1: the R*budget nearest are a pool, and
+              the budget with the highest exact q.k among them are attended (not with n_sink or n_recent;
+              CPU only for now: on CUDA the model decodes dense and says why)
 
     The defaults are the library's (llama_adamas_default_params(); `AdamasParams.c_defaults()`).
     Construction validates: a bad value raises ValueError (TypeError for a wrong type) naming it. Thresholds
@@ -92,6 +95,7 @@ class AdamasParams:
     select: str = "head"
     n_sink: int = 0
     n_recent: int = 0
+    rerank: int = 1
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -105,6 +109,7 @@ class AdamasParams:
         put("select", _mode("select", self.select, SELECT_MODES))
         put("n_sink", _int("n_sink", self.n_sink, 0))
         put("n_recent", _int("n_recent", self.n_recent, 0))
+        put("rerank", _int("rerank", self.rerank, 1, " (1 = off)"))
         if self.budget > 0 and self.n_sink + self.n_recent > self.budget:
             raise ValueError(f"n_sink + n_recent ({self.n_sink} + {self.n_recent} = "
                              f"{self.n_sink + self.n_recent}) must not exceed budget ({self.budget}): sink "
@@ -127,7 +132,7 @@ class AdamasParams:
         return _lib.llama_adamas_params(
             budget=self.budget, n_dense=self.n_dense, thr_mode=THR_MODES[self.thr_mode], thr_q=self.thr_q,
             thr_k=self.thr_k, select_mode=SELECT_MODES[self.select], n_sink=self.n_sink,
-            n_recent=self.n_recent)
+            n_recent=self.n_recent, rerank=self.rerank)
 
     @classmethod
     def from_c(cls, p: _lib.llama_adamas_params) -> "AdamasParams":
@@ -139,7 +144,7 @@ class AdamasParams:
 
         return cls(budget=p.budget, n_dense=p.n_dense, thr_mode=name(THR_MODES, p.thr_mode, "thr_mode"),
                    thr_q=p.thr_q, thr_k=p.thr_k, select=name(SELECT_MODES, p.select_mode, "select_mode"),
-                   n_sink=p.n_sink, n_recent=p.n_recent)
+                   n_sink=p.n_sink, n_recent=p.n_recent, rerank=p.rerank)
 
     @classmethod
     def c_defaults(cls) -> "AdamasParams":

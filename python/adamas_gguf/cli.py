@@ -273,6 +273,10 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
                         f"(default: {D.n_sink})")
     g.add_argument("--recent", type=_int_type(0, INT32_MAX, " tokens"), default=D.n_recent, metavar="N",
                    help=f"always attend the N most recent tokens, inside the budget (default: {D.n_recent})")
+    g.add_argument("--rerank", type=_int_type(1, INT32_MAX, ""), default=D.rerank, metavar="R",
+                   help=f"R > 1: the R*budget nearest tokens by code distance are a pool, and the budget of "
+                        f"them with the highest exact q.k are attended (CPU only for now; not with --sink or "
+                        f"--recent); 1 = off (default: {D.rerank})")
 
 
 def adamas_params(args, parser: argparse.ArgumentParser):
@@ -284,7 +288,7 @@ def adamas_params(args, parser: argparse.ArgumentParser):
     try:
         return AdamasParams(budget=args.budget, n_dense=args.dense_layers, thr_mode=args.thr_mode,
                             thr_q=args.thr_q, thr_k=args.thr_k, select=args.select, n_sink=args.sink,
-                            n_recent=args.recent)
+                            n_recent=args.recent, rerank=args.rerank)
     except ValueError as e:  # the library's own check, stricter than the flags' (say so in its words)
         parser.error(str(e))
 

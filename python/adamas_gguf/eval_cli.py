@@ -97,7 +97,8 @@ def _base_params(args, parser):
     from .adamas import AdamasParams
     try:
         return AdamasParams(budget=0, n_dense=args.dense_layers, thr_mode=args.thr_mode, thr_q=args.thr_q,
-                            thr_k=args.thr_k, select=args.select, n_sink=args.sink, n_recent=args.recent)
+                            thr_k=args.thr_k, select=args.select, n_sink=args.sink, n_recent=args.recent,
+                            rerank=args.rerank)
     except ValueError as e:
         parser.error(str(e))
 

@@ -89,7 +89,8 @@ class Config:
 
 # variant keys: the CLI's flag names (and the AdamasParams fields they set)
 VARIANT_KEYS = {"dense-layers": "n_dense", "thr-mode": "thr_mode", "thr-q": "thr_q", "thr-k": "thr_k",
-                "thr": ("thr_q", "thr_k"), "select": "select", "sink": "n_sink", "recent": "n_recent"}
+                "thr": ("thr_q", "thr_k"), "select": "select", "sink": "n_sink", "recent": "n_recent",
+                "rerank": "rerank"}
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:

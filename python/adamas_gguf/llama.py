@@ -61,11 +61,12 @@ class Llama(llama_cpp.Llama):
     def __init__(self, model_path: str, *args: Any, flash_attn: bool = True,
                  budget: int = _D.budget, n_dense: int = _D.n_dense, thr_mode: str = _D.thr_mode,
                  thr_q: float = _D.thr_q, thr_k: float = _D.thr_k, select: str = _D.select,
-                 n_sink: int = _D.n_sink, n_recent: int = _D.n_recent,
+                 n_sink: int = _D.n_sink, n_recent: int = _D.n_recent, rerank: int = _D.rerank,
                  adamas: Optional[AdamasParams] = None, **kwargs: Any):
         # resolved again (cheap): __init__ also runs without our __new__'s checks, from __setstate__
         params = _resolve(adamas, dict(budget=budget, n_dense=n_dense, thr_mode=thr_mode, thr_q=thr_q,
-                                       thr_k=thr_k, select=select, n_sink=n_sink, n_recent=n_recent))
+                                       thr_k=thr_k, select=select, n_sink=n_sink, n_recent=n_recent,
+                                       rerank=rerank))
         _check_flash_attn(params, flash_attn)
         super().__init__(model_path, *args, flash_attn=flash_attn, **kwargs)
         self._apply_adamas(params)

@@ -3,7 +3,7 @@
 //   1. parameters: defaults, validation (nothing changes on a bad value), set/get round trip;
 //   2. a budget >= the context gives exactly the dense logits, and no sparse step is counted;
 //   3. a small budget runs sparse steps in every layer from n_dense on (or, for a model Adamas cannot
-//      serve, none, with a reason);
+//      serve, none, with a reason); with rerank too;
 //   4. two sequences decoded together (unified cache, and one stream per sequence): the short one, whose
 //      visible context fits in the budget, gets the dense result although the step is sparse, so no cell
 //      of the other sequence took its place;
@@ -149,6 +149,8 @@ int main(int argc, char ** argv) {
             [] { auto p = llama_adamas_default_params(); p.select_mode = 5; return p; }(),
             [] { auto p = llama_adamas_default_params(); p.n_sink = -2;    return p; }(),
             [] { auto p = llama_adamas_default_params(); p.budget = 8; p.n_sink = 4; p.n_recent = 8; return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.rerank = 0;     return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.budget = 16; p.rerank = 4; p.n_sink = 1; return p; }(),
         };
         for (const auto & b : bads) {
             CHECK(llama_adamas_params_check(&b) != nullptr, "bad parameters accepted");
@@ -213,6 +215,30 @@ int main(int argc, char ** argv) {
             CHECK(sparse == dense, "a model Adamas cannot serve did not decode dense");
         }
         printf("budget 32: %lld sparse steps, logits vs dense: max rel diff %.3g\n", (long long) steps, max_rel_diff(sparse, dense));
+
+        // rerank: a pool of 4 x 32 by codes, the 32 best by exact logits; the same number of sparse steps, other
+        // cells than the plain selection's (the pool is 128 of ~300 visible), finite logits
+        // (a device without the rerank attention, CUDA for now, turns Adamas off and says so: dense logits)
+        p.rerank = 4;
+        llama_context * ctx = R.make(1024, 1, true, GGML_TYPE_F16, p);
+        const char * why_r = llama_adamas_unavailable_reason(ctx);
+        const bool on_r = servable && why_r == nullptr;
+        std::vector<float> last;
+        R.eval(ctx, prompt, 0, 0, &last);
+        const std::vector<float> rr = R.cont(ctx, last, n_prompt, n_gen);
+        const int64_t steps_r = llama_adamas_n_sparse_steps(ctx);
+        llama_free(ctx);
+        CHECK(steps_r == (on_r ? steps : 0), "rerank: %lld sparse steps, plain %lld", (long long) steps_r, (long long) steps);
+        bool finite_r = true;
+        for (float x : rr) finite_r &= std::isfinite(x);
+        CHECK(finite_r, "non-finite logits with rerank");
+        if (on_r) {
+            CHECK(rr != sparse, "rerank 4 gave exactly the logits of the plain selection");
+        } else {
+            CHECK(rr == dense, "rerank off (%s) but the logits are not dense", why_r ? why_r : "model not served");
+        }
+        printf("budget 32, rerank 4: %s, logits vs dense: max rel diff %.3g\n", on_r ? "sparse" : why_r ? why_r : "dense",
+               max_rel_diff(rr, dense));
     }
 
     // ---- 4. two sequences, decoded together (one token each per step) ----

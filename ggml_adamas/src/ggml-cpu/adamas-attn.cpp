@@ -1,6 +1,7 @@
 // GGML_OP_ADAMAS_ATTN on the CPU: softmax attention of one query row over the cells listed in idx,
 // reading those K and V rows in place (converted to F32 one row at a time: F16 and quantized caches
-// cost only the selected rows). Two passes per (head, query, stream): logits, then the weighted V sum.
+// cost only the selected rows). Two passes per (head, query, stream): logits, then the weighted V sum; with
+// n_keep (ggml_adamas_attn_rerank) the logits below the n_keep-th largest are dropped in between.
 // Rows are split evenly over the threads.
 
 #include "adamas-attn.h"
@@ -13,6 +14,7 @@
 #include "vec.h"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -21,8 +23,8 @@ size_t ggml_cpu_adamas_attn_wsize(const ggml_tensor * dst, int n_tasks) {
     const ggml_tensor * k   = dst->src[1];
     const ggml_tensor * v   = dst->src[2];
     const ggml_tensor * idx = dst->src[4];
-    // logits + one K or V row in F32 + the accumulator, per thread
-    const size_t per_thread = idx->ne[0] + std::max(k->ne[0], v->ne[0]) + v->ne[0] + 16;
+    // logits (twice: a copy for the n_keep threshold) + one K or V row in F32 + the accumulator, per thread
+    const size_t per_thread = 2*idx->ne[0] + std::max(k->ne[0], v->ne[0]) + v->ne[0] + 16;
     return n_tasks*per_thread*sizeof(float);
 }
 
@@ -44,6 +46,7 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
 
     const float scale   = ggml_get_op_params_f32(dst, 0);
     const float softcap = ggml_get_op_params_f32(dst, 1);
+    const int   n_keep  = ggml_get_op_params_i32(dst, 2); // 0: every slot
 
     const int64_t D       = q->ne[0];
     const int64_t Dv      = v->ne[0];
@@ -58,9 +61,10 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
     GGML_ASSERT(v->type == GGML_TYPE_F32 || v->type == GGML_TYPE_F16 || ggml_get_type_traits(v->type)->to_float);
     GGML_ASSERT(params->wsize >= ggml_cpu_adamas_attn_wsize(dst, params->nth));
 
-    float * wbase  = (float *) params->wdata + params->ith*(budget + std::max(D, Dv) + Dv + 16);
+    float * wbase  = (float *) params->wdata + params->ith*(2*budget + std::max(D, Dv) + Dv + 16);
     float * logits = wbase;
-    float * row    = logits + budget;
+    float * sorted = logits + budget;
+    float * row    = sorted + budget;
     float * acc    = row + std::max(D, Dv);
 
     // softcap folds into the scale as in ggml_flash_attn_ext: softcap*tanh(s*scale/softcap)
@@ -108,6 +112,35 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
             s += mv;
             logits[j] = s;
             M = std::max(M, s);
+        }
+
+        // rerank: only the n_keep highest logits stay; at the threshold the earlier slots (better code rank)
+        if (n_keep > 0 && M != -INFINITY) {
+            int64_t n_fin = 0;
+            for (int64_t j = 0; j < budget; ++j) {
+                if (logits[j] != -INFINITY) {
+                    sorted[n_fin++] = logits[j];
+                }
+            }
+            if (n_fin > n_keep) {
+                std::nth_element(sorted, sorted + (n_keep - 1), sorted + n_fin, std::greater<float>());
+                const float thr = sorted[n_keep - 1];
+                int64_t n_above = 0;
+                for (int64_t j = 0; j < n_fin; ++j) {
+                    n_above += sorted[j] > thr;
+                }
+                int64_t n_ties = n_keep - n_above; // slots at thr that stay
+                for (int64_t j = 0; j < budget; ++j) {
+                    if (logits[j] == -INFINITY || logits[j] > thr) {
+                        continue;
+                    }
+                    if (logits[j] == thr && n_ties > 0) {
+                        n_ties--;
+                        continue;
+                    }
+                    logits[j] = -INFINITY;
+                }
+            }
         }
 
         float * out = (float *) ((char *) dst->data + h*dst->nb[1] + iq*dst->nb[2] + is*dst->nb[3]);

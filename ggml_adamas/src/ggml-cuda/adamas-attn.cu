@@ -380,7 +380,10 @@ bool ggml_cuda_adamas_attn_supported(int device, const ggml_tensor * op) {
     const ggml_tensor * v = op->src[2];
     // the kernel holds D/32 values per lane: head dims the encode accepts, Dv == D, and the K/V types above
     // (the row strides of those types keep the 4-byte loads aligned)
-    return ggml_adamas_supported_dim(q->ne[0]) && v->ne[0] == k->ne[0] &&
+    // rerank (n_keep, ggml_adamas_attn_rerank) needs the row's n_keep-th logit before its softmax: not here
+    const int n_keep = ggml_get_op_params_i32(op, 2);
+    return (n_keep == 0 || n_keep == op->src[4]->ne[0]) &&
+           ggml_adamas_supported_dim(q->ne[0]) && v->ne[0] == k->ne[0] &&
            adamas_kv_type(k->type) >= 0 && adamas_kv_type(v->type) >= 0 &&
            k->nb[1] % 4 == 0 && v->nb[1] % 4 == 0;
 }
