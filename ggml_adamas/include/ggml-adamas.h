@@ -9,6 +9,7 @@
 //   qc  = ggml_adamas_encode(ctx, q_cur, ...)
 //   idx = ggml_adamas_select(ctx, qc, kc_view, kq_mask, budget, mode)
 //   out = ggml_adamas_attn(ctx, q, k, v, kq_mask, idx, scale, softcap)
+//   (or a pool: select with R*budget, then ggml_adamas_attn_rerank(..., n_keep = budget))
 //
 // Code layout (GGML_TYPE_I8, D/4 bytes per head of dimension D):
 //   bytes [0,   D/8): sign plane      s[d] = y[d] > 0
