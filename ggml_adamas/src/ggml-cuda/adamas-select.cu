@@ -26,6 +26,11 @@
 #define ADAMAS_SELECT_MAX_SORT   16384  // candidates the emit block sorts in shared memory (bounds the budget)
 #define ADAMAS_SELECT_MAX_SMEM   (160*1024)
 
+// cells per thread and round of a distance block, their loads issued together (D = 256: registers allow 2)
+static constexpr __host__ __device__ int adamas_select_du(int D) {
+    return D >= 256 ? 2 : ADAMAS_SELECT_DIST_CELLS_T;
+}
+
 struct adamas_select_args {
     const char * qc;  int64_t qnb1, qnb2, qnb3;   // query codes [D/4, n_head, n_q, ns]
     const char * kc;  int64_t knb1, knb2, knb3;   // key codes   [D/4, n_head_kv, n_kv, ns]
@@ -168,7 +173,7 @@ template <int D, bool VEC, bool PIPE, int ABL = 0>
 static __global__ void __launch_bounds__(ADAMAS_SELECT_DIST_BLOCK, PIPE ? 2 : 3) // more blocks: more loads in flight
 adamas_select_dist_kernel(const adamas_select_args a) {
     constexpr int NW = D/16;
-    constexpr int DU = D >= 256 ? 2 : ADAMAS_SELECT_DIST_CELLS_T; // cells per thread and round, loaded together
+    constexpr int DU = adamas_select_du(D);
 
     // HB adjacent KV heads per block, a thread per (cell, head) with the head fastest: a cell's codes of all KV
     // heads are contiguous in the cache row, so HB threads read HB*D/4 contiguous bytes (whole DRAM bursts,
@@ -371,33 +376,16 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
     const int64_t n_pad = (a.n_kv + PT - 1)/PT*PT;
     int found_lt = 0;
     int found_eq = 0;
-    // the next tile's distances are loaded while this one is compacted
-    uint4 vn[PT/8];
-    auto load_tile = [&](int64_t hi) {
-        const int64_t cs = hi - (int64_t) PT*(threadIdx.x + 1);
-        if (cs >= 0) {
-#pragma unroll
-            for (int i = 0; i < PT/8; ++i) {
-                vn[i] = ((const uint4 *) (dist + cs))[i];
-            }
-        }
-    };
-    if (n_out > 0) {
-        load_tile(n_pad);
-    }
     for (int64_t hi = n_pad; hi > 0 && n_out > 0; hi -= tile) {
         const int64_t cs = hi - (int64_t) PT*(threadIdx.x + 1); // this thread's PT cells: [cs, cs + PT)
         uint16_t d[PT];
         int n_lt = 0, n_eq = 0;
-        uint4 v[PT/8];
-#pragma unroll
-        for (int i = 0; i < PT/8; ++i) {
-            v[i] = vn[i];
-        }
-        if (hi > tile) {
-            load_tile(hi - tile);
-        }
         if (cs >= 0) {
+            uint4 v[PT/8];
+#pragma unroll
+            for (int i = 0; i < PT/8; ++i) {
+                v[i] = ((const uint4 *) (dist + cs))[i];
+            }
             const uint16_t * dv = (const uint16_t *) v;
 #pragma unroll
             for (int i = 0; i < PT; ++i) {
@@ -493,9 +481,9 @@ static size_t adamas_select_dist_smem(int D, int64_t n_gqa, bool group, int64_t 
          + 2*hb*sizeof(int);
 }
 
-// cells of one round of a distance block (DU per thread; D = 256 takes 2, its registers allow no more)
+// cells of one round of a distance block (adamas_select_du per thread)
 static int64_t adamas_select_round(int hb, int D) {
-    return (int64_t) (ADAMAS_SELECT_DIST_BLOCK/hb)*(D >= 256 ? 2 : ADAMAS_SELECT_DIST_CELLS_T);
+    return (int64_t) (ADAMAS_SELECT_DIST_BLOCK/hb)*adamas_select_du(D);
 }
 
 // KV heads per distance block: 8 (256 contiguous bytes per cell at D = 128), 4 or 2 while the block's histograms
