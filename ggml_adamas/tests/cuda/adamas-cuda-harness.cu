@@ -462,9 +462,7 @@ static int do_sweep() {
                (long long) nb0, t0[1], mib*1048576.0/(t0[1]*1e-6)/1e9, t0[0]);
         for (int hb : {1, 2, 4, 8, 16, 32}) for (int rounds : {1, 2, 4, 8, 16, 32}) for (int pipe : {0, 1}) {
             if (sh.n_head_kv % hb) continue;
-            const int64_t rows = sh.group ? 1 : 32/sh.n_head_kv;
             if (adamas_select_dist_smem(128, 32/sh.n_head_kv, sh.group, adamas_select_nbins(128, 32/sh.n_head_kv, sh.group), hb) > ADAMAS_SELECT_MAX_SMEM) continue;
-            (void) rows;
             sel_case sc = base; sc.hb = hb; sc.rounds = rounds; sc.pipe = pipe;
             std::vector<int32_t> got;
             float t[3];
