@@ -39,6 +39,19 @@ static const char * adamas_layer_reason(const llama_hparams & hp, uint32_t il) {
     return nullptr;
 }
 
+// The select and attention of a sparse step: the budget nearest by codes, or (rerank > 1) a pool of
+// rerank*budget of which the exact logits keep the budget.
+static ggml_tensor * adamas_select_attn(ggml_context * ctx, const llama_adamas_params & p, int32_t budget,
+        ggml_tensor * qc, ggml_tensor * kc, ggml_tensor * sel_mask, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
+        ggml_tensor * mask, float scale, float softcap, ggml_tensor ** idx_out) {
+    ggml_tensor * idx = ggml_adamas_select(ctx, qc, kc, sel_mask, budget*p.rerank, (ggml_adamas_select_mode) p.select_mode);
+    if (idx_out) {
+        *idx_out = idx;
+    }
+    return p.rerank > 1 ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, budget)
+                        : ggml_adamas_attn(ctx, q, k, v, mask, idx, scale, softcap);
+}
+
 // Why the device holding a layer's cache cannot run the Adamas ops at these parameters (NULL: it can). The
 // scheduler would otherwise run an unsupported op on the CPU and copy the whole cache there every token, so
 // the ops are built once on probe tensors of the layer's shapes and types and put to the device.
@@ -73,10 +86,8 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
 
     ggml_tensor * enc_k = ggml_adamas_encode_set_rows(c0, codes, kcur, idxs, thr_mode, p.thr_k, false);
     ggml_tensor * enc_q = ggml_adamas_encode(c0, q, thr_mode, p.thr_q, false);
-    const int     pool  = std::max(1, p.budget)*p.rerank;
-    ggml_tensor * sel   = ggml_adamas_select(c0, enc_q, kc, mask, pool, (ggml_adamas_select_mode) p.select_mode);
-    ggml_tensor * attn  = p.rerank > 1 ? ggml_adamas_attn_rerank(c0, qp, kk, vv, mask, sel, 1.0f, 0.0f, std::max(1, p.budget))
-                                       : ggml_adamas_attn(c0, qp, kk, vv, mask, sel, 1.0f, 0.0f);
+    ggml_tensor * sel   = nullptr;
+    ggml_tensor * attn  = adamas_select_attn(c0, p, std::max(1, p.budget), enc_q, kc, mask, qp, kk, vv, mask, 1.0f, 0.0f, &sel);
 
     for (ggml_tensor * op : { enc_k, enc_q, sel, attn }) {
         if (!ggml_backend_dev_supports_op(dev, op)) {
@@ -620,18 +631,15 @@ ggml_tensor * llama_adamas_kv::build_attn(
     ggml_tensor * kc = ggml_view_4d(ctx0, c_written, GGML_ADAMAS_CODE_SIZE(D), k->ne[1], n_kv, ns,
             GGML_ADAMAS_CODE_SIZE(D), row, row*c->ne[1], row*c->ne[1]*sinfo.s0 - c_written->view_offs);
 
-    // with rerank the select keeps a pool of rerank*budget, and the attention the budget best of it by exact logit
-    ggml_tensor * idx = ggml_adamas_select(ctx0, qc, kc, ai->sel_mask ? ai->sel_mask : kq_mask, p.budget*p.rerank,
-            (ggml_adamas_select_mode) p.select_mode);
-    g.cb(idx, "adamas_idx", il);
-
     ggml_tensor * qp = ggml_permute(ctx0, q4, 0, 2, 1, 3);
     ggml_tensor * kp = ggml_permute(ctx0, k,  0, 2, 1, 3);
     ggml_tensor * vp = ggml_permute(ctx0, v,  0, 2, 1, 3);
 
     const float softcap = g.hparams.attn_soft_cap ? g.hparams.f_attn_logit_softcapping : 0.0f;
-    ggml_tensor * cur = p.rerank > 1 ? ggml_adamas_attn_rerank(ctx0, qp, kp, vp, kq_mask, idx, kq_scale, softcap, p.budget)
-                                     : ggml_adamas_attn(ctx0, qp, kp, vp, kq_mask, idx, kq_scale, softcap);
+    ggml_tensor * idx = nullptr;
+    ggml_tensor * cur = adamas_select_attn(ctx0, p, p.budget, qc, kc, ai->sel_mask ? ai->sel_mask : kq_mask, qp, kp, vp,
+            kq_mask, kq_scale, softcap, &idx);
+    g.cb(idx, "adamas_idx", il);
 
     return ggml_reshape_2d(ctx0, cur, cur->ne[0]*cur->ne[1], cur->ne[2]*cur->ne[3]);
 }
