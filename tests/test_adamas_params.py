@@ -102,7 +102,6 @@ BAD = [  # (keywords, exception, the message, a regex)
     (dict(budget=16, n_sink=8, n_recent=9), ValueError,
      r"n_sink \+ n_recent \(8 \+ 9 = 17\) must not exceed budget \(16\)"),
     (dict(rerank=0), ValueError, r"^rerank must be >= 1 \(1 = off\), got 0$"),
-    (dict(budget=64, rerank=4, n_sink=4), ValueError, r"rerank does not go with n_sink or n_recent"),
     (dict(budget=2**30, rerank=4), ValueError, r"rerank \* budget must fit in 32 bits"),
     (dict(budget=1.5), TypeError, r"budget must be an int, got 1\.5"),
     (dict(budget=True), TypeError, r"budget must be an int"),
@@ -143,7 +142,7 @@ def test_python_is_at_least_as_strict_as_the_library():
         assert _lib.llama_adamas_params_check(p.to_c()) is None, p
     for bad in (dict(budget=-1), dict(n_dense=-1), dict(thr_q=0.0), dict(thr_k=-1.0), dict(thr_mode=7),
                 dict(select_mode=7), dict(n_sink=-1), dict(n_recent=-1), dict(rerank=0),
-                dict(rerank=2, n_sink=1, budget=8)):
+                dict(rerank=2, n_sink=5, n_recent=4, budget=8)):
         raw = AdamasParams().to_c()
         for k, v in bad.items():
             setattr(raw, k, v)

@@ -40,7 +40,8 @@ static const char * adamas_layer_reason(const llama_hparams & hp, uint32_t il) {
 }
 
 // The select and attention of a sparse step: the budget nearest by codes, or (rerank > 1) a pool of
-// rerank*budget of which the exact logits keep the budget.
+// rerank*budget of which the exact logits keep the budget. The select ranks the forced cells (sinks, recent
+// tokens) first, so the rerank keeps its first n_sink + n_recent slots whatever their logits.
 static ggml_tensor * adamas_select_attn(ggml_context * ctx, const llama_adamas_params & p, int32_t budget,
         ggml_tensor * qc, ggml_tensor * kc, ggml_tensor * sel_mask, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
         ggml_tensor * mask, float scale, float softcap, ggml_tensor ** idx_out) {
@@ -48,7 +49,7 @@ static ggml_tensor * adamas_select_attn(ggml_context * ctx, const llama_adamas_p
     if (idx_out) {
         *idx_out = idx;
     }
-    return p.rerank > 1 ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, budget)
+    return p.rerank > 1 ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, budget, p.n_sink + p.n_recent)
                         : ggml_adamas_attn(ctx, q, k, v, mask, idx, scale, softcap);
 }
 

@@ -68,9 +68,6 @@ const char * llama_adamas_params_check(const struct llama_adamas_params * p) {
     if (p->rerank < 1 || (int64_t) p->rerank*p->budget > INT32_MAX) {
         return "rerank must be >= 1 (1: off), and rerank * budget must fit in 32 bits";
     }
-    if (p->rerank > 1 && (p->n_sink > 0 || p->n_recent > 0)) {
-        return "rerank does not go with n_sink or n_recent (the exact logits pick from the pool; forced tokens would not stay)";
-    }
     if (p->budget > 0 && (int64_t) p->n_sink + p->n_recent > p->budget) {
         return "n_sink + n_recent must not exceed the budget (they are kept inside it)";
     }

@@ -79,8 +79,8 @@ class AdamasParams:
     n_sink    the first n_sink tokens of the sequence are always attended (counted in the budget)
     n_recent  the n_recent most recent tokens are always attended (counted in the budget)
     rerank    1: attend the budget nearest by code distance; R > 1: the R*budget nearest are a pool, and
-              the budget with the highest exact q.k among them are attended (not with n_sink or n_recent;
-              CPU only for now: on CUDA the model decodes dense and says why)
+              the budget with the highest exact q.k among them are attended (sink and recent tokens are
+              kept first, inside the budget)
 
     The defaults are the library's (llama_adamas_default_params(); `AdamasParams.c_defaults()`).
     Construction validates: a bad value raises ValueError (TypeError for a wrong type) naming it. Thresholds

@@ -275,8 +275,8 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
                    help=f"always attend the N most recent tokens, inside the budget (default: {D.n_recent})")
     g.add_argument("--rerank", type=_int_type(1, INT32_MAX, ""), default=D.rerank, metavar="R",
                    help=f"R > 1: the R*budget nearest tokens by code distance are a pool, and the budget of "
-                        f"them with the highest exact q.k are attended (CPU only for now; not with --sink or "
-                        f"--recent); 1 = off (default: {D.rerank})")
+                        f"them with the highest exact q.k are attended (--sink and --recent tokens are kept "
+                        f"first); 1 = off (default: {D.rerank})")
 
 
 def adamas_params(args, parser: argparse.ArgumentParser):

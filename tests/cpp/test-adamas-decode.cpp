@@ -150,7 +150,7 @@ int main(int argc, char ** argv) {
             [] { auto p = llama_adamas_default_params(); p.n_sink = -2;    return p; }(),
             [] { auto p = llama_adamas_default_params(); p.budget = 8; p.n_sink = 4; p.n_recent = 8; return p; }(),
             [] { auto p = llama_adamas_default_params(); p.rerank = 0;     return p; }(),
-            [] { auto p = llama_adamas_default_params(); p.budget = 16; p.rerank = 4; p.n_sink = 1; return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.budget = 16; p.rerank = 4; p.n_sink = 9; p.n_recent = 8; return p; }(),
         };
         for (const auto & b : bads) {
             CHECK(llama_adamas_params_check(&b) != nullptr, "bad parameters accepted");
