@@ -217,8 +217,8 @@ int main(int argc, char ** argv) {
         printf("budget 32: %lld sparse steps, logits vs dense: max rel diff %.3g\n", (long long) steps, max_rel_diff(sparse, dense));
 
         // rerank: a pool of 4 x 32 by codes, the 32 best by exact logits; the same number of sparse steps, other
-        // cells than the plain selection's (the pool is 128 of ~300 visible), finite logits
-        // (a device without the rerank attention, CUDA for now, turns Adamas off and says so: dense logits)
+        // cells than the plain selection's (the pool is 128 of ~300 visible), finite logits; the CPU and CUDA
+        // both serve it (a device that could not would turn Adamas off and say so: dense logits)
         p.rerank = 4;
         llama_context * ctx = R.make(1024, 1, true, GGML_TYPE_F16, p);
         const char * why_r = llama_adamas_unavailable_reason(ctx);
@@ -228,6 +228,7 @@ int main(int argc, char ** argv) {
         const std::vector<float> rr = R.cont(ctx, last, n_prompt, n_gen);
         const int64_t steps_r = llama_adamas_n_sparse_steps(ctx);
         llama_free(ctx);
+        CHECK(on_r == servable, "rerank 4 turned Adamas off: %s", why_r ? why_r : "?");
         CHECK(steps_r == (on_r ? steps : 0), "rerank: %lld sparse steps, plain %lld", (long long) steps_r, (long long) steps);
         bool finite_r = true;
         for (float x : rr) finite_r &= std::isfinite(x);
@@ -239,6 +240,23 @@ int main(int argc, char ** argv) {
         }
         printf("budget 32, rerank 4: %s, logits vs dense: max rel diff %.3g\n", on_r ? "sparse" : why_r ? why_r : "dense",
                max_rel_diff(rr, dense));
+
+        // rerank with 4 sinks and 8 recent tokens: kept first, inside the budget (the op's scalar reference checks
+        // which cells; here: still sparse, other logits than without them, deterministic)
+        p.n_sink = 4; p.n_recent = 8;
+        std::vector<float> rs[2];
+        for (auto & out : rs) {
+            ctx = R.make(1024, 1, true, GGML_TYPE_F16, p);
+            R.eval(ctx, prompt, 0, 0, &last);
+            out = R.cont(ctx, last, n_prompt, n_gen);
+            CHECK(llama_adamas_n_sparse_steps(ctx) == (on_r ? steps : 0), "rerank with sinks: %lld sparse steps",
+                  (long long) llama_adamas_n_sparse_steps(ctx));
+            llama_free(ctx);
+        }
+        CHECK(rs[0] == rs[1], "rerank with sinks: two runs differ");
+        if (on_r) {
+            CHECK(rs[0] != rr, "sinks and recent tokens changed nothing under rerank");
+        }
     }
 
     // ---- 4. two sequences, decoded together (one token each per step) ----
