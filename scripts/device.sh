@@ -34,11 +34,14 @@ bundle)
     ;;
 kernels)
     H=ggml_adamas/tests/cuda/adamas-cuda-harness.cu
-    nvcc -O3 -std=c++17 -arch=sm_${CUDA_ARCHS:-90} -use_fast_math -lineinfo -I ggml_adamas/src/ggml-cuda "$H" -o /tmp/adamas-harness
+    # HARNESS: a binary built elsewhere from the same sources (nvcc takes a minute or two)
+    if [ -n "${HARNESS:-}" ]; then cp "$HARNESS" /tmp/adamas-harness; else
+        nvcc -O3 -std=c++17 -arch=sm_${CUDA_ARCHS:-90} -use_fast_math -lineinfo -I ggml_adamas/src/ggml-cuda "$H" -o /tmp/adamas-harness
+    fi
     /tmp/adamas-harness check 42 | tail -1
     /tmp/adamas-harness check 7 | tail -1
-    compute-sanitizer --tool memcheck /tmp/adamas-harness check 3 2>&1 | tail -2
-    compute-sanitizer --tool racecheck /tmp/adamas-harness check 5 2>&1 | tail -2
+    compute-sanitizer --tool memcheck /tmp/adamas-harness check 3 quick 2>&1 | tail -2
+    compute-sanitizer --tool racecheck /tmp/adamas-harness check 5 quick 2>&1 | tail -2
     /tmp/adamas-harness bench | tee "$LOG/kernels.md"
     /tmp/adamas-harness ablate | tee "$LOG/ablate.md"
     [ -z "${SWEEP:-}" ] || /tmp/adamas-harness sweep > "$LOG/sweep.md" # SWEEP=1: the distance-kernel plan sweep
@@ -80,10 +83,10 @@ perf)
 passkey)
     if [ -z "${ADAMAS_MODEL:-}" ]; then
         export ADAMAS_MODEL=/tmp/smollm2.gguf
-        [ -f $ADAMAS_MODEL ] || cat /tmp/smol.part.aa $BUNDLE/m2/smol.part.ab > $ADAMAS_MODEL
+        [ -f $ADAMAS_MODEL ] || cat /tmp/smol.part.aa $BUNDLE/m2/smol.part.ab > $ADAMAS_MODEL # part aa: an earlier call's
     fi
     sha256sum $ADAMAS_MODEL
-    $PY scripts/passkey_devices.py "$ADAMAS_MODEL" | tee "$LOG/passkey.md"
+    $PY scripts/passkey_devices.py "$ADAMAS_MODEL" ${PASSKEY_ARGS:-} | tee "$LOG/passkey.md"
     ;;
 e2e)
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -91,9 +94,11 @@ e2e)
     [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
     B=$BUILD/tests/cpp/bench-adamas-decode
     # within the budget (the step must be upstream's), then the depths
-    $B -m /tmp/r7b.gguf -d 512 -b 0,1024 -n 64 -r 5 | tee -a "$LOG/e2e.md"
-    $B -m /tmp/r7b.gguf -d ${D7:-8192,32768,65536} -b ${BUDGETS:-0,64,256} -n 64 -r 3 | tee -a "$LOG/e2e.md"
-    $B -m /tmp/r8b.gguf -d ${D8:-32768,131072} -b ${BUDGETS:-0,64,256} -n 64 -r 3 | tee -a "$LOG/e2e.md"
+    # RERANK: the selections timed at each budget (default: the plain code selection and rerank 4)
+    R=${RERANK:-1,4}
+    $B -m /tmp/r7b.gguf -d 512 -b 0,1024 -n 64 -r 5 --rerank $R | tee -a "$LOG/e2e.md"
+    $B -m /tmp/r7b.gguf -d ${D7:-8192,32768,65536} -b ${BUDGETS:-0,64,256} -n 64 -r 3 --rerank $R | tee -a "$LOG/e2e.md"
+    $B -m /tmp/r8b.gguf -d ${D8:-32768,131072} -b ${BUDGETS:-0,64,256} -n 64 -r 3 --rerank $R | tee -a "$LOG/e2e.md"
     ;;
 *)
     sed -n 2,16p "$0"; exit 2 ;;

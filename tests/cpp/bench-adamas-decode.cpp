@@ -7,7 +7,9 @@
 // are captured and replayed with Adamas on.
 //
 // usage: bench-adamas-decode -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head]
-// (the other Adamas parameters are the library defaults; --select defaults to the library's too)
+//        [--rerank 1,4]
+// (the other Adamas parameters are the library defaults; --select and --rerank default to the library's too;
+// every budget > 0 runs with every --rerank value)
 #include "llama.h"
 #include "llama-adamas.h"
 
@@ -65,6 +67,7 @@ int main(int argc, char ** argv) {
     std::vector<long> depths = { 8192, 32768 }, budgets = { 0, 64, 256 };
     int n_gen = 64, reps = 3, ngl = 99, n_batch = 2048, n_ubatch = 512;
     int select = llama_adamas_default_params().select_mode; // the library's default unless --select says
+    std::vector<long> reranks = { llama_adamas_default_params().rerank };
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         auto next = [&]() { if (i + 1 >= argc) { fprintf(stderr, "%s needs a value\n", a.c_str()); exit(2); } return argv[++i]; };
@@ -75,9 +78,22 @@ int main(int argc, char ** argv) {
         else if (a == "-r") reps = atoi(next());
         else if (a == "-ngl") ngl = atoi(next());
         else if (a == "--select") select = std::string(next()) == "head" ? LLAMA_ADAMAS_SELECT_HEAD : LLAMA_ADAMAS_SELECT_GROUP;
-        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head]\n", argv[0]); return 2; }
+        else if (a == "--rerank") reranks = parse_list(next());
+        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4]\n", argv[0]); return 2; }
     }
     if (model.empty() || n_gen <= 0 || reps <= 0) { fprintf(stderr, "-m MODEL is required; -n and -r must be > 0\n"); return 2; }
+    for (long r : reranks) {
+        if (r < 1) { fprintf(stderr, "--rerank values must be >= 1\n"); return 2; }
+    }
+    // the settings timed: (budget, rerank), dense once
+    std::vector<std::pair<long, long>> cfgs;
+    for (long b : budgets) {
+        if (b == 0) {
+            cfgs.emplace_back(0, reranks[0]);
+        } else {
+            for (long r : reranks) cfgs.emplace_back(b, r);
+        }
+    }
 
     llama_log_set(log_cb, nullptr);
     llama_backend_init();
@@ -93,7 +109,7 @@ int main(int argc, char ** argv) {
     for (long b : budgets) b_max = std::max(b_max, b);
 
     printf("select mode: %s\n", select == LLAMA_ADAMAS_SELECT_HEAD ? "head" : "group");
-    printf("| model | depth | budget | t/s (tg%d) | sd | ratio vs dense | sparse steps |\n|---|---:|---:|---:|---:|---:|---:|\n", n_gen);
+    printf("| model | depth | budget | rerank | t/s (tg%d) | sd | ratio vs dense | sparse steps |\n|---|---:|---:|---:|---:|---:|---:|---:|\n", n_gen);
     std::mt19937 rng(42);
     for (long depth : depths) {
         llama_context_params cp = llama_context_default_params();
@@ -109,6 +125,7 @@ int main(int argc, char ** argv) {
         llama_adamas_params ap = llama_adamas_default_params();
         ap.select_mode = select;
         ap.budget = (int32_t) b_max;
+        ap.rerank = (int32_t) reranks[0];
         llama_adamas_set(ctx, &ap);
 
         std::vector<llama_token> toks(depth);
@@ -122,13 +139,15 @@ int main(int argc, char ** argv) {
         const double pp_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tp0).count();
         fprintf(stderr, "depth %ld: prefill %.1f s (%.0f t/s)\n", depth, pp_s, depth/pp_s);
 
-        std::vector<long> order(budgets);
-        std::stable_sort(order.begin(), order.end(), [](long x, long y) { return (x > 0) > (y > 0); });
-        std::map<long, std::vector<double>> tps;
-        std::map<long, long> steps;
+        auto order = cfgs;
+        std::stable_sort(order.begin(), order.end(), [](const auto & x, const auto & y) { return (x.first > 0) > (y.first > 0); });
+        std::map<std::pair<long, long>, std::vector<double>> tps;
+        std::map<std::pair<long, long>, long> steps;
         for (int r = 0; r < reps; r++) {
-            for (long b : order) {
+            for (const auto & cfg : order) {
+                const long b = cfg.first;
                 ap.budget = (int32_t) b;
+                ap.rerank = (int32_t) cfg.second;
                 llama_adamas_set(ctx, &ap);
                 // warm-up tokens (graph reserve, CUDA graph capture) are decoded and removed, untimed
                 for (int w = 0; w < 3; w++) decode_tokens(ctx, { (llama_token) (rng() % n_vocab) }, (int) depth + w, true);
@@ -143,8 +162,8 @@ int main(int argc, char ** argv) {
                 llama_synchronize(ctx);
                 const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
                 g_counting = false;
-                steps[b] += llama_adamas_n_sparse_steps(ctx) - s0;
-                tps[b].push_back(n_gen/s);
+                steps[cfg] += llama_adamas_n_sparse_steps(ctx) - s0;
+                tps[cfg].push_back(n_gen/s);
                 llama_memory_seq_rm(llama_get_memory(ctx), 0, (llama_pos) depth, -1);
             }
         }
@@ -153,13 +172,16 @@ int main(int argc, char ** argv) {
             sd = 0; for (double x : v) sd += (x - m)*(x - m); sd = v.size() > 1 ? std::sqrt(sd/(v.size() - 1)) : 0.0;
         };
         double dense = 0, sd0 = 0;
-        if (tps.count(0)) mean_sd(tps[0], dense, sd0);
+        for (const auto & kv : tps) {
+            if (kv.first.first == 0) mean_sd(kv.second, dense, sd0);
+        }
         char name[256];
         snprintf(name, sizeof(name), "%s", model.substr(model.find_last_of('/') + 1).c_str());
-        for (long b : budgets) {
-            double m, sd; mean_sd(tps[b], m, sd);
-            printf("| %s | %ld | %ld | %.2f | %.2f | %s | %ld |\n", name, depth, b, m, sd,
-                   b > 0 && dense > 0 ? (std::to_string(m/dense).substr(0, 5) + "x").c_str() : "", steps[b]);
+        for (const auto & cfg : cfgs) {
+            const long b = cfg.first;
+            double m, sd; mean_sd(tps[cfg], m, sd);
+            printf("| %s | %ld | %ld | %s | %.2f | %.2f | %s | %ld |\n", name, depth, b, b > 0 ? std::to_string(cfg.second).c_str() : "",
+                   m, sd, b > 0 && dense > 0 ? (std::to_string(m/dense).substr(0, 5) + "x").c_str() : "", steps[cfg]);
         }
         fflush(stdout);
         const char * why = llama_adamas_unavailable_reason(ctx);
