@@ -37,6 +37,7 @@ struct adamas_attn_args {
     int     n_split;                                       // blocks per index row
     int     n_keep, n_lead;                                // rerank (0 < n_keep < budget): see the header
     float * part;                                          // n_split > 1: [n_head*n_q*ns][n_split][D + 2]
+    float * logits;                                        // rerank: [index row blocks*n_q*ns][NG][budget]
     float * dst;                                           // F32 [D, n_head, n_q, ns], contiguous
 };
 
@@ -351,20 +352,22 @@ static size_t adamas_attn_rerank_smem(int D, int ng, int pool) {
            (ADAMAS_RR_NWARP + 2)*sizeof(int) + ADAMAS_RR_NWARP*sizeof(float);
 }
 
+// Rerank, first kernel: the exact logits of a pool, ADAMAS_ATTN_SLOTS slots per block (many blocks per index row,
+// so that the K rows of every row are in flight at once), into a.logits [index row, query][NG][pool].
 template <int D, int NG>
-static __global__ void __launch_bounds__(ADAMAS_RR_NWARP*WARP_SIZE)
-adamas_attn_rerank_kernel(const adamas_attn_args a) {
+static __global__ void __launch_bounds__(ADAMAS_ATTN_NWARP*WARP_SIZE)
+adamas_attn_score_kernel(const adamas_attn_args a) {
     constexpr int E     = D/WARP_SIZE;
-    constexpr int U     = D <= 128 ? 8 : 4;
-    constexpr int NWARP = ADAMAS_RR_NWARP;
-    constexpr int NT    = NWARP*WARP_SIZE;
+    constexpr int U     = D <= 128 ? 2*ADAMAS_ATTN_U : ADAMAS_ATTN_U;
+    constexpr int NWARP = ADAMAS_ATTN_NWARP;
 
     const int lane = threadIdx.x % WARP_SIZE;
     const int warp = threadIdx.x / WARP_SIZE;
-    const int tid  = threadIdx.x;
     const int64_t iq = blockIdx.z % a.n_q;
     const int64_t is = blockIdx.z / a.n_q;
-    const int P = a.budget; // the pool
+    const int P  = a.budget;
+    const int jb = blockIdx.y*ADAMAS_ATTN_SLOTS;
+    const int je = min(P, jb + ADAMAS_ATTN_SLOTS);
 
     int64_t kvh, h0, irow;
     int ng;
@@ -383,18 +386,7 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
     const int32_t * sel  = (const int32_t *) (a.idx + irow*a.inb1 + iq*a.inb2 + is*a.inb3);
     const char *    mrow = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
     const char *    kb   = a.k + kvh*a.knb2 + is*a.knb3;
-    const char *    vb   = a.v + kvh*a.vnb2 + is*a.vnb3;
-
-    extern __shared__ float sm[];
-    float * lg     = sm;                                                   // [NG][P] logits
-    int   * list   = (int *) (lg + NG*P);                                  // [P] slots kept by some head
-    float * sm_acc = sm;                                                   // [NWARP][NG][D], after the V pass
-    const size_t big = (size_t) NG*P + P > (size_t) NWARP*NG*D ? (size_t) NG*P + P : (size_t) NWARP*NG*D; // floats, as the host's size
-    float * sm_s   = sm + big;                                             // [NWARP][NG]
-    float * sm_M   = sm_s + NWARP*NG;                                      // [NG]
-    int   * hist   = (int *) (sm_M + NG);                                  // [256]
-    int   * sm_i   = hist + 256;                                           // [NWARP + 2]
-    float * sm_f   = (float *) (sm_i + NWARP + 2);                         // [NWARP]
+    float *         lg   = a.logits + (blockIdx.x + gridDim.x*(int64_t) blockIdx.z)*NG*P;
 
     const float qk_scale = a.softcap != 0.0f ? a.scale/a.softcap : a.scale;
 
@@ -407,14 +399,14 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
         }
     }
 
-    // 1. the exact logits of the pool: each warp U slots at a time, their mask and K loads in flight together
-    for (int j0 = warp*U; j0 < P; j0 += NWARP*U) {
+    // each warp U slots at a time, their mask and K loads in flight together
+    for (int j0 = jb + warp*U; j0 < je; j0 += NWARP*U) {
         int   c[U];
         float mv[U];
         float kx[U][E];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            c[u] = j0 + u < P ? sel[j0 + u] : -1;
+            c[u] = j0 + u < je ? sel[j0 + u] : -1;
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -447,10 +439,62 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
                 if (a.softcap != 0.0f) {
                     p = __fmul_rn(a.softcap, tanhf(p));
                 }
-                if (lane == 0 && j0 + u < P) {
+                if (lane == 0 && j0 + u < je) {
                     lg[hh*P + j0 + u] = c[u] >= 0 && mv[u] != -INFINITY ? __fadd_rn(p, mv[u]) : -INFINITY;
                 }
             }
+        }
+    }
+}
+
+template <int D, int NG>
+static __global__ void __launch_bounds__(ADAMAS_RR_NWARP*WARP_SIZE)
+adamas_attn_rerank_kernel(const adamas_attn_args a) {
+    constexpr int E     = D/WARP_SIZE;
+    constexpr int U     = D <= 128 ? 8 : 4;
+    constexpr int NWARP = ADAMAS_RR_NWARP;
+    constexpr int NT    = NWARP*WARP_SIZE;
+
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int tid  = threadIdx.x;
+    const int64_t iq = blockIdx.z % a.n_q;
+    const int64_t is = blockIdx.z / a.n_q;
+    const int P = a.budget; // the pool
+
+    int64_t kvh, h0, irow;
+    int ng;
+    if (a.per_head) {
+        h0   = blockIdx.x;
+        kvh  = h0 / a.n_gqa;
+        irow = h0;
+        ng   = 1;
+    } else {
+        kvh  = blockIdx.x / a.n_hb;
+        h0   = kvh*a.n_gqa + (blockIdx.x % a.n_hb)*NG;
+        irow = kvh;
+        ng   = (int) min((int64_t) NG, kvh*a.n_gqa + a.n_gqa - h0);
+    }
+
+    const int32_t * sel  = (const int32_t *) (a.idx + irow*a.inb1 + iq*a.inb2 + is*a.inb3);
+    const char *    vb   = a.v + kvh*a.vnb2 + is*a.vnb3;
+
+    extern __shared__ float sm[];
+    float * lg     = sm;                                                   // [NG][P] logits
+    int   * list   = (int *) (lg + NG*P);                                  // [P] slots kept by some head
+    float * sm_acc = sm;                                                   // [NWARP][NG][D], after the V pass
+    const size_t big = (size_t) NG*P + P > (size_t) NWARP*NG*D ? (size_t) NG*P + P : (size_t) NWARP*NG*D; // floats, as the host's size
+    float * sm_s   = sm + big;                                             // [NWARP][NG]
+    float * sm_M   = sm_s + NWARP*NG;                                      // [NG]
+    int   * hist   = (int *) (sm_M + NG);                                  // [256]
+    int   * sm_i   = hist + 256;                                           // [NWARP + 2]
+    float * sm_f   = (float *) (sm_i + NWARP + 2);                         // [NWARP]
+
+    // 1. the pool's logits, written by the score kernel: into shared memory
+    {
+        const float * g = a.logits + (blockIdx.x + gridDim.x*(int64_t) blockIdx.z)*NG*P;
+        for (int t = tid; t < ng*P; t += NT) {
+            lg[t] = g[t];
         }
     }
     __syncthreads();
@@ -480,12 +524,18 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
                     hist[i] = 0;
                 }
                 __syncthreads();
-                for (int j = t0; j < t1; ++j) {
-                    if (l[j] != -INFINITY) {
+                // one atomic per distinct bin and warp: logits crowd into few bins (the first pass sees little
+                // more than sign and exponent), and same-address shared atomics serialize
+                for (int i = 0; i < per_t; ++i) {
+                    const int j = tid*per_t + i;
+                    int bin = -1;
+                    if (j >= t0 && j < t1 && l[j] != -INFINITY) {
                         const uint32_t key = adamas_rr_key(l[j]);
-                        if ((key & pmask) == prefix) {
-                            atomicAdd(&hist[(key >> shift) & 0xFF], 1);
-                        }
+                        bin = (key & pmask) == prefix ? (int) ((key >> shift) & 0xFF) : -1;
+                    }
+                    const unsigned same = __match_any_sync(0xFFFFFFFF, bin);
+                    if (bin >= 0 && lane == __ffs(same) - 1) {
+                        atomicAdd(&hist[bin], __popc(same));
                     }
                 }
                 __syncthreads();
@@ -705,6 +755,8 @@ static void adamas_attn_rerank_launch_ng(const adamas_attn_args & a, cudaStream_
     const size_t smem = adamas_attn_rerank_smem(D, NG, a.budget);
     const int64_t nx = a.per_head ? a.n_head : a.n_head_kv*a.n_hb;
     const dim3 grid((unsigned) nx, 1, (unsigned) (a.n_q*a.ns));
+    const dim3 grid_s((unsigned) nx, (unsigned) ((a.budget + ADAMAS_ATTN_SLOTS - 1)/ADAMAS_ATTN_SLOTS), (unsigned) (a.n_q*a.ns));
+    adamas_attn_score_kernel<D, NG><<<grid_s, ADAMAS_ATTN_NWARP*WARP_SIZE, 0, stream>>>(a);
     adamas_set_smem(adamas_attn_rerank_kernel<D, NG>, smem);
     adamas_attn_rerank_kernel<D, NG><<<grid, ADAMAS_RR_NWARP*WARP_SIZE, smem, stream>>>(a);
 }
@@ -740,6 +792,18 @@ static void adamas_attn_launch_d(const adamas_attn_args & a, int ng, cudaStream_
 
 static int adamas_attn_n_split(int budget) {
     return std::max(1, (budget + ADAMAS_ATTN_SLOTS - 1)/ADAMAS_ATTN_SLOTS);
+}
+
+// floats of the rerank's logits buffer a.logits
+static int64_t adamas_attn_logits_size(int D, int64_t n_head, int64_t n_head_kv, bool per_head, int64_t n_q, int64_t ns,
+                                       int budget, int n_keep) {
+    if (!adamas_attn_is_rerank(budget, n_keep)) {
+        return 0;
+    }
+    const int64_t n_gqa = n_head/n_head_kv;
+    const int     ng    = adamas_attn_ng(D, n_gqa, per_head);
+    const int64_t nx    = per_head ? n_head : n_head_kv*((n_gqa + ng - 1)/ng);
+    return nx*n_q*ns*ng*budget;
 }
 
 // floats of the partials buffer a.part (with n_split > 1; a rerank block merges its own)
@@ -837,6 +901,9 @@ void ggml_cuda_op_adamas_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst
 
     ggml_cuda_pool_alloc<float> part(ctx.pool(), std::max<int64_t>(1, adamas_attn_part_size(D, a.n_head, a.n_q, a.ns, a.budget, a.n_keep)));
     a.part = part.get();
+    ggml_cuda_pool_alloc<float> logits(ctx.pool(), std::max<int64_t>(1, adamas_attn_logits_size(D, a.n_head, a.n_head_kv,
+        a.per_head, a.n_q, a.ns, a.budget, a.n_keep)));
+    a.logits = logits.get();
     adamas_attn_launch(a, D, ctx.stream());
 }
 

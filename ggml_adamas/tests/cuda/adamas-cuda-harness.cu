@@ -361,6 +361,8 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
     a.scale = rr ? 0.125f : 1.0f/sqrtf((float) D); a.softcap = ac.softcap; a.dst = dout.p;
     a.n_keep = ac.n_keep; a.n_lead = ac.n_lead;
     dbuf<float> dpart(std::max<int64_t>(1, adamas_attn_part_size(D, nh, n_q, 1, ac.budget, ac.n_keep))); a.part = dpart.p;
+    dbuf<float> dlog(std::max<int64_t>(1, adamas_attn_logits_size(D, nh, ac.n_head_kv, ac.per_head, n_q, 1, ac.budget, ac.n_keep)));
+    dlog.poison(); a.logits = dlog.p;
     adamas_attn_launch(a, D, 0);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
     if (ms) {
