@@ -27,6 +27,10 @@ enum llama_adamas_thr_mode {
 enum llama_adamas_select_mode {
     LLAMA_ADAMAS_SELECT_HEAD  = 0, // one selection per query head
     LLAMA_ADAMAS_SELECT_GROUP = 1, // one selection per KV head, by the sum of its query heads' distances
+    LLAMA_ADAMAS_SELECT_EXACT = 2, // reference: each query head attends its true top budget by exact q.k over
+                                   // every visible cell (equal logits: the better code rank); K is read whole
+                                   // each step, so it is no faster than dense; rerank is not used; CPU (a
+                                   // device that cannot run it turns Adamas off, with the reason)
 };
 
 struct llama_adamas_params {
@@ -35,7 +39,7 @@ struct llama_adamas_params {
     int32_t thr_mode;     // enum llama_adamas_thr_mode
     float   thr_q;        // threshold (FIXED) or RMS factor (RMS) for queries, > 0
     float   thr_k;        // the same for keys, > 0
-    int32_t select_mode;  // enum llama_adamas_select_mode
+    int32_t select_mode;  // enum llama_adamas_select_mode (EXACT: the reference selection)
     int32_t n_sink;       // the first n_sink tokens of the sequence are always kept (inside the budget)
     int32_t n_recent;     // the n_recent most recent tokens are always kept (inside the budget)
     int32_t rerank;       // 1: the budget nearest by code distance; R > 1: the R*budget nearest are a pool

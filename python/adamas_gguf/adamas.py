@@ -2,7 +2,7 @@
 by the library itself (llama_adamas_params_check), so that Python never accepts what C would refuse.
 
 The C struct is `struct llama_adamas_params` (llama-adamas.h); here the enums are strings ("rms"/"fixed",
-"group"/"head") and `select_mode` is called `select`.
+"group"/"head"/"exact") and `select_mode` is called `select`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from typing import Any
 from . import _lib
 
 THR_MODES = {"rms": _lib.LLAMA_ADAMAS_THR_RMS, "fixed": _lib.LLAMA_ADAMAS_THR_FIXED}
-SELECT_MODES = {"group": _lib.LLAMA_ADAMAS_SELECT_GROUP, "head": _lib.LLAMA_ADAMAS_SELECT_HEAD}
+SELECT_MODES = {"group": _lib.LLAMA_ADAMAS_SELECT_GROUP, "head": _lib.LLAMA_ADAMAS_SELECT_HEAD,
+                "exact": _lib.LLAMA_ADAMAS_SELECT_EXACT}
 INT32_MAX = 2**31 - 1
 FLOAT_MAX = 3.4028234663852886e38  # the largest finite C float
 
@@ -75,7 +76,10 @@ class AdamasParams:
     thr_q     threshold (fixed) or RMS factor (rms) for queries, > 0
     thr_k     the same for keys, > 0
     select    "group": one token selection per KV head (its query heads' distances summed);
-              "head": one per query head
+              "head": one per query head;
+              "exact": the reference, each query head attends its true top budget by exact q.k over every
+              visible cell (equal logits: the better code rank); it reads all of K every step, so it is no
+              faster than dense; rerank is not used; not with n_sink or n_recent for now
     n_sink    the first n_sink tokens of the sequence are always attended (counted in the budget)
     n_recent  the n_recent most recent tokens are always attended (counted in the budget)
     rerank    1: attend the budget nearest by code distance; R > 1: the R*budget nearest are a pool, and
