@@ -68,7 +68,7 @@ def test_defaults_agree_with_library():
 
 def test_c_round_trip():
     p = AdamasParams(budget=96, n_dense=1, thr_mode="fixed", thr_q=10, thr_k=0.3, select="head", n_sink=4,
-                     n_recent=32)
+                     n_recent=32, rerank=1)
     raw = _raw(p.to_c())
     assert raw == dict(budget=96, n_dense=1, thr_mode=_lib.LLAMA_ADAMAS_THR_FIXED, thr_q=10.0,
                        thr_k=ctypes.c_float(0.3).value, select_mode=_lib.LLAMA_ADAMAS_SELECT_HEAD, n_sink=4,
@@ -129,8 +129,8 @@ def test_bad_params_rejected(kwargs, exc, pattern):
 def test_good_params_accepted():
     import numpy as np
     assert AdamasParams(budget=np.int64(64), thr_q=np.float32(2.0)) == AdamasParams(budget=64, thr_q=2.0)
-    assert AdamasParams(budget=16, n_sink=8, n_recent=8).n_recent == 8  # exactly the budget: allowed
-    assert AdamasParams(budget=0, n_sink=8, n_recent=8).dense  # no budget to fit in when dense
+    assert AdamasParams(budget=16, n_sink=8, n_recent=8, rerank=1).n_recent == 8  # exactly the budget: allowed
+    assert AdamasParams(budget=0, n_sink=8, n_recent=8, rerank=1).dense  # no budget to fit in when dense
     assert AdamasParams(n_dense=1000).n_dense == 1000  # more than the model has: simply no sparse layer
 
 
@@ -212,7 +212,7 @@ def test_new_llama_has_the_default_params(tiny_llm):
 
 def test_constructor_params_reach_the_context(tiny_model):
     want = AdamasParams(budget=64, n_dense=1, thr_mode="fixed", thr_q=10, thr_k=10, select="group", n_sink=4,
-                        n_recent=16)
+                        n_recent=16, rerank=1)
     for kw in (dict(adamas=want), {f: getattr(want, f) for f in llama_mod.ADAMAS_KEYWORDS}):
         m = Llama(str(tiny_model), n_ctx=128, verbose=False, **kw)
         try:
@@ -225,9 +225,9 @@ def test_constructor_params_reach_the_context(tiny_model):
 
 def test_set_adamas_round_trips(tiny_llm):
     p = tiny_llm.set_adamas(budget=48, n_dense=1, thr_mode="fixed", thr_q=10.0, thr_k=0.3, select="group",
-                            n_sink=4, n_recent=8)
+                            n_sink=4, n_recent=8, rerank=1)
     assert p == tiny_llm.adamas == AdamasParams(budget=48, n_dense=1, thr_mode="fixed", thr_q=10.0, thr_k=0.3,
-                                                select="group", n_sink=4, n_recent=8)
+                                                select="group", n_sink=4, n_recent=8, rerank=1)
     assert _raw(_lib.llama_adamas_get(tiny_llm.ctx)) == _raw(p.to_c())
     assert tiny_llm.adamas_n_sparse_layers == TINY_LAYERS - 1
     # keywords change only the fields named
@@ -241,7 +241,7 @@ def test_set_adamas_round_trips(tiny_llm):
 
 
 def test_set_adamas_refuses_bad_values_and_changes_nothing(tiny_llm):
-    before = tiny_llm.set_adamas(budget=32, n_sink=4, n_recent=12)
+    before = tiny_llm.set_adamas(budget=32, n_sink=4, n_recent=12, rerank=1)
     for kwargs, exc, pattern in BAD:
         with pytest.raises(exc, match=pattern):
             tiny_llm.set_adamas(**kwargs)
@@ -277,7 +277,7 @@ def _greedy(llm, prompt: str, n: int) -> list[int]:
 
 
 def test_sparse_steps_are_counted(tiny_model):
-    m = Llama(str(tiny_model), n_ctx=256, verbose=False, budget=16, n_sink=2, n_recent=4)
+    m = Llama(str(tiny_model), n_ctx=256, verbose=False, budget=16, n_sink=2, n_recent=4, rerank=1)
     try:
         assert m.adamas_unavailable_reason is None and m.adamas_n_sparse_layers == TINY_LAYERS - 2
         toks = _greedy(m, PROMPT, 8)  # context (~80 tokens) past the budget: every decode step sparse
@@ -352,7 +352,7 @@ def test_closed_llama_refuses(tiny_model):
 
 
 def test_pickle_keeps_the_params(tiny_model):
-    m = Llama(str(tiny_model), n_ctx=64, verbose=False, budget=24, n_recent=8)
+    m = Llama(str(tiny_model), n_ctx=64, verbose=False, budget=24, n_recent=8, rerank=1)
     try:
         m2 = pickle.loads(pickle.dumps(m))
         try:
@@ -385,6 +385,12 @@ CLI_BAD = {  # flags: a regex the one-line message must match
     ("--recent", "-3"): r"argument --recent: -3 is out of range",
     ("--budget", "8", "--sink", "4", "--recent", "5"):
         r"--sink 4 and --recent 5 keep 9 tokens, more than --budget 8",
+    # the default --rerank (4) does not keep forced tokens yet: the message names the flag to add
+    ("--budget", "64", "--sink", "4"): r"^--sink needs --rerank 1 for now \(the default --rerank is 4\)",
+    ("--budget", "64", "--sink", "4", "--recent", "8", "--rerank", "2"):
+        r"^--sink and --recent need --rerank 1 for now \(the --rerank is 2\)",
+    ("--budget", "64", "--recent", "8", "--select", "exact"):
+        r"select_mode EXACT does not go with n_sink or n_recent",
 }
 
 
@@ -424,8 +430,8 @@ def _cli_text(llm, tokens: list[int]) -> str:
 
 def test_cli_budget_runs_and_matches_the_library(tiny_model):
     args = ("run", tiny_model, "-p", PROMPT, "-n", "12", "--temp", "0", "-c", "256")
-    sparse = assert_ok(run_cli(*args, "--budget", "16", "--sink", "2", "--recent", "4"))
-    m = Llama(str(tiny_model), n_ctx=256, verbose=False, budget=16, n_sink=2, n_recent=4)
+    sparse = assert_ok(run_cli(*args, "--budget", "16", "--sink", "2", "--recent", "4", "--rerank", "1"))
+    m = Llama(str(tiny_model), n_ctx=256, verbose=False, budget=16, n_sink=2, n_recent=4, rerank=1)
     try:
         lib = _cli_text(m, _greedy(m, PROMPT, 12))
         assert m.adamas_sparse_steps > 0
@@ -442,7 +448,7 @@ def test_cli_verbose_reports_params_and_steps(tiny_model):
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
     want = ("adamas_gguf: adamas: budget=16 n_dense=2 thr_mode=fixed thr_q=10 thr_k=10 select=group n_sink=0 "
-            f"n_recent=0 rerank=1 (sparse layers: {TINY_LAYERS - 2})")
+            f"n_recent=0 rerank=4 (sparse layers: {TINY_LAYERS - 2})")
     assert want in lines, r.stderr[-2000:]
     steps = [ln for ln in lines if re.fullmatch(r"adamas_gguf: adamas: \d+ sparse decode steps", ln)]
     assert len(steps) == 1 and int(steps[0].split()[2]) > 0, steps

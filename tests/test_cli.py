@@ -263,7 +263,7 @@ def _bad_cases(tmp: Path, tiny_model: Path) -> dict:
         "system without chat": (["run", m, "-sys", "be nice"], 1, "needs --chat"),
         "rerank 0": (["run", m, "--rerank", "0"], 2, "--rerank: 0 is out of range"),
         "rerank with sink": (["run", m, "--budget", "16", "--rerank", "4", "--sink", "2"], 2,
-                             "n_sink and n_recent need rerank = 1 for now"),
+                             "--sink needs --rerank 1 for now"),
     }
 
 

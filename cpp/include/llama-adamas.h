@@ -47,7 +47,8 @@ struct llama_adamas_params {
                           // budget; not with sinks or recent tokens; CPU only for now: on CUDA Adamas is off)
 };
 
-// Defaults: budget 0 (off), n_dense 2, fixed thresholds +-1 for q and k, per-KV-group selection, no sinks.
+// Defaults: budget 0 (off), n_dense 2, RMS thresholds 0.5 (q) and 1.0 (k), per-query-head selection, no sinks
+// or recent tokens, rerank 4 (chosen by measurement: docs/accuracy.md).
 LLAMA_API struct llama_adamas_params llama_adamas_default_params(void);
 
 // Checks p; returns NULL if valid, else a message saying what is wrong (static storage).

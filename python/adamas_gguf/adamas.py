@@ -82,9 +82,9 @@ class AdamasParams:
               faster than dense; rerank is not used; not with n_sink or n_recent for now
     n_sink    the first n_sink tokens of the sequence are always attended (counted in the budget)
     n_recent  the n_recent most recent tokens are always attended (counted in the budget)
-    rerank    1: attend the budget nearest by code distance; R > 1: the R*budget nearest are a pool, and
-              the budget with the highest exact q.k among them are attended (not with n_sink or n_recent;
-              CPU only for now: on CUDA the model decodes dense and says why)
+    rerank    1: attend the budget nearest by code distance; R > 1 (default 4): the R*budget nearest are a
+              pool, and the budget with the highest exact q.k among them are attended (n_sink and n_recent
+              need rerank 1 for now; CPU only for now: on CUDA the model decodes dense and says why)
 
     The defaults are the library's (llama_adamas_default_params(); `AdamasParams.c_defaults()`).
     Construction validates: a bad value raises ValueError (TypeError for a wrong type) naming it. Thresholds
@@ -99,7 +99,7 @@ class AdamasParams:
     select: str = "head"
     n_sink: int = 0
     n_recent: int = 0
-    rerank: int = 1
+    rerank: int = 4
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
