@@ -82,6 +82,7 @@ def test_c_round_trip():
     e = AdamasParams(budget=64, select="exact", rerank=8)  # the reference takes any rerank (it uses none)
     assert _raw(e.to_c())["select_mode"] == _lib.LLAMA_ADAMAS_SELECT_EXACT == 2
     assert AdamasParams.from_c(e.to_c()) == e
+    assert AdamasParams(budget=64, select="exact", n_sink=4, n_recent=8).n_sink == 4  # forced cells kept first
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,9 +106,6 @@ BAD = [  # (keywords, exception, the message, a regex)
     (dict(budget=16, n_sink=8, n_recent=9), ValueError,
      r"n_sink \+ n_recent \(8 \+ 9 = 17\) must not exceed budget \(16\)"),
     (dict(rerank=0), ValueError, r"^rerank must be >= 1 \(1 = off\), got 0$"),
-    (dict(budget=64, rerank=4, n_sink=4), ValueError, r"n_sink and n_recent need rerank = 1 for now"),
-    (dict(budget=64, select="exact", rerank=1, n_recent=4), ValueError,
-     r"select_mode EXACT does not go with n_sink or n_recent"),
     (dict(budget=2**30, rerank=4), ValueError, r"rerank \* budget must fit in 32 bits"),
     (dict(budget=1.5), TypeError, r"budget must be an int, got 1\.5"),
     (dict(budget=True), TypeError, r"budget must be an int"),
@@ -129,8 +127,8 @@ def test_bad_params_rejected(kwargs, exc, pattern):
 def test_good_params_accepted():
     import numpy as np
     assert AdamasParams(budget=np.int64(64), thr_q=np.float32(2.0)) == AdamasParams(budget=64, thr_q=2.0)
-    assert AdamasParams(budget=16, n_sink=8, n_recent=8, rerank=1).n_recent == 8  # exactly the budget: allowed
-    assert AdamasParams(budget=0, n_sink=8, n_recent=8, rerank=1).dense  # no budget to fit in when dense
+    assert AdamasParams(budget=16, n_sink=8, n_recent=8).n_recent == 8  # exactly the budget: allowed
+    assert AdamasParams(budget=0, n_sink=8, n_recent=8).dense  # no budget to fit in when dense
     assert AdamasParams(n_dense=1000).n_dense == 1000  # more than the model has: simply no sparse layer
 
 
@@ -148,7 +146,7 @@ def test_python_is_at_least_as_strict_as_the_library():
         assert _lib.llama_adamas_params_check(p.to_c()) is None, p
     for bad in (dict(budget=-1), dict(n_dense=-1), dict(thr_q=0.0), dict(thr_k=-1.0), dict(thr_mode=7),
                 dict(select_mode=7), dict(n_sink=-1), dict(n_recent=-1), dict(rerank=0),
-                dict(rerank=2, n_sink=1, budget=8)):
+                dict(rerank=2, n_sink=5, n_recent=4, budget=8)):
         raw = AdamasParams().to_c()
         for k, v in bad.items():
             setattr(raw, k, v)
@@ -212,7 +210,7 @@ def test_new_llama_has_the_default_params(tiny_llm):
 
 def test_constructor_params_reach_the_context(tiny_model):
     want = AdamasParams(budget=64, n_dense=1, thr_mode="fixed", thr_q=10, thr_k=10, select="group", n_sink=4,
-                        n_recent=16, rerank=1)
+                        n_recent=16)
     for kw in (dict(adamas=want), {f: getattr(want, f) for f in llama_mod.ADAMAS_KEYWORDS}):
         m = Llama(str(tiny_model), n_ctx=128, verbose=False, **kw)
         try:
@@ -225,9 +223,9 @@ def test_constructor_params_reach_the_context(tiny_model):
 
 def test_set_adamas_round_trips(tiny_llm):
     p = tiny_llm.set_adamas(budget=48, n_dense=1, thr_mode="fixed", thr_q=10.0, thr_k=0.3, select="group",
-                            n_sink=4, n_recent=8, rerank=1)
+                            n_sink=4, n_recent=8)
     assert p == tiny_llm.adamas == AdamasParams(budget=48, n_dense=1, thr_mode="fixed", thr_q=10.0, thr_k=0.3,
-                                                select="group", n_sink=4, n_recent=8, rerank=1)
+                                                select="group", n_sink=4, n_recent=8)
     assert _raw(_lib.llama_adamas_get(tiny_llm.ctx)) == _raw(p.to_c())
     assert tiny_llm.adamas_n_sparse_layers == TINY_LAYERS - 1
     # keywords change only the fields named
@@ -241,7 +239,7 @@ def test_set_adamas_round_trips(tiny_llm):
 
 
 def test_set_adamas_refuses_bad_values_and_changes_nothing(tiny_llm):
-    before = tiny_llm.set_adamas(budget=32, n_sink=4, n_recent=12, rerank=1)
+    before = tiny_llm.set_adamas(budget=32, n_sink=4, n_recent=12)
     for kwargs, exc, pattern in BAD:
         with pytest.raises(exc, match=pattern):
             tiny_llm.set_adamas(**kwargs)
@@ -277,7 +275,7 @@ def _greedy(llm, prompt: str, n: int) -> list[int]:
 
 
 def test_sparse_steps_are_counted(tiny_model):
-    m = Llama(str(tiny_model), n_ctx=256, verbose=False, budget=16, n_sink=2, n_recent=4, rerank=1)
+    m = Llama(str(tiny_model), n_ctx=256, verbose=False, budget=16, n_sink=2, n_recent=4)
     try:
         assert m.adamas_unavailable_reason is None and m.adamas_n_sparse_layers == TINY_LAYERS - 2
         toks = _greedy(m, PROMPT, 8)  # context (~80 tokens) past the budget: every decode step sparse
@@ -352,7 +350,7 @@ def test_closed_llama_refuses(tiny_model):
 
 
 def test_pickle_keeps_the_params(tiny_model):
-    m = Llama(str(tiny_model), n_ctx=64, verbose=False, budget=24, n_recent=8, rerank=1)
+    m = Llama(str(tiny_model), n_ctx=64, verbose=False, budget=24, n_recent=8)
     try:
         m2 = pickle.loads(pickle.dumps(m))
         try:
@@ -385,12 +383,6 @@ CLI_BAD = {  # flags: a regex the one-line message must match
     ("--recent", "-3"): r"argument --recent: -3 is out of range",
     ("--budget", "8", "--sink", "4", "--recent", "5"):
         r"--sink 4 and --recent 5 keep 9 tokens, more than --budget 8",
-    # the default --rerank (4) does not keep forced tokens yet: the message names the flag to add
-    ("--budget", "64", "--sink", "4"): r"^--sink needs --rerank 1 for now \(the default --rerank is 4\)",
-    ("--budget", "64", "--sink", "4", "--recent", "8", "--rerank", "2"):
-        r"^--sink and --recent need --rerank 1 for now \(the --rerank is 2\)",
-    ("--budget", "64", "--recent", "8", "--select", "exact"):
-        r"select_mode EXACT does not go with n_sink or n_recent",
 }
 
 
@@ -430,8 +422,8 @@ def _cli_text(llm, tokens: list[int]) -> str:
 
 def test_cli_budget_runs_and_matches_the_library(tiny_model):
     args = ("run", tiny_model, "-p", PROMPT, "-n", "12", "--temp", "0", "-c", "256")
-    sparse = assert_ok(run_cli(*args, "--budget", "16", "--sink", "2", "--recent", "4", "--rerank", "1"))
-    m = Llama(str(tiny_model), n_ctx=256, verbose=False, budget=16, n_sink=2, n_recent=4, rerank=1)
+    sparse = assert_ok(run_cli(*args, "--budget", "16", "--sink", "2", "--recent", "4"))
+    m = Llama(str(tiny_model), n_ctx=256, verbose=False, budget=16, n_sink=2, n_recent=4)
     try:
         lib = _cli_text(m, _greedy(m, PROMPT, 12))
         assert m.adamas_sparse_steps > 0

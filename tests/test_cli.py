@@ -262,15 +262,15 @@ def _bad_cases(tmp: Path, tiny_model: Path) -> dict:
         "missing prompt file": (["run", m, "-f", tmp / "nope.txt"], 1, "cannot read the prompt file"),
         "system without chat": (["run", m, "-sys", "be nice"], 1, "needs --chat"),
         "rerank 0": (["run", m, "--rerank", "0"], 2, "--rerank: 0 is out of range"),
-        "rerank with sink": (["run", m, "--budget", "16", "--rerank", "4", "--sink", "2"], 2,
-                             "--sink needs --rerank 1 for now"),
+        "sink past budget": (["run", m, "--budget", "16", "--rerank", "4", "--sink", "17"], 2,
+                             "more than --budget 16"),
     }
 
 
 CASE_NAMES = ["missing file", "directory", "not gguf", "truncated", "unknown arch", "prompt too long",
               "chat prompt too long", "n -5", "n abc", "c 0", "c absurd", "temp -1", "temp nan", "top-p 2",
               "t 0", "ngl -2", "seed -2", "unknown flag", "no command", "unknown command", "two models",
-              "prompt twice", "missing prompt file", "system without chat", "rerank 0", "rerank with sink"]
+              "prompt twice", "missing prompt file", "system without chat", "rerank 0", "sink past budget"]
 
 
 @pytest.fixture(scope="module")

@@ -122,8 +122,7 @@ def test_new_key_thresholds_recode_the_cache(default_model, smol):
 
 
 def test_make_configs():
-    cs = ev.make_configs(AdamasParams(rerank=1), [16, 64, 64],  # rerank 1: sinks need it for now
-                         ["thr-mode=rms,thr=0.5,select=head", "sink=4,recent=25%"])
+    cs = ev.make_configs(AdamasParams(), [16, 64, 64], ["thr-mode=rms,thr=0.5,select=head", "sink=4,recent=25%"])
     assert [c.label for c in cs] == ["dense", "thr-mode=rms,thr=0.5,select=head b16",
                                      "thr-mode=rms,thr=0.5,select=head b64", "sink=4,recent=25% b16",
                                      "sink=4,recent=25% b64"]

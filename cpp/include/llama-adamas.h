@@ -44,7 +44,7 @@ struct llama_adamas_params {
     int32_t n_recent;     // the n_recent most recent tokens are always kept (inside the budget)
     int32_t rerank;       // 1: the budget nearest by code distance; R > 1: the R*budget nearest are a pool
                           // and their exact q.k logits keep the budget best (K read for the pool, V for the
-                          // budget; not with sinks or recent tokens; CPU only for now: on CUDA Adamas is off)
+                          // budget; sink and recent tokens are kept first, inside the budget)
 };
 
 // Defaults: budget 0 (off), n_dense 2, RMS thresholds 0.5 (q) and 1.0 (k), per-query-head selection, no sinks

@@ -42,7 +42,8 @@ static const char * adamas_layer_reason(const llama_hparams & hp, uint32_t il) {
 // The select and attention of a sparse step: the budget nearest by codes, (rerank > 1) a pool of
 // rerank*budget of which the exact logits keep the budget, or (EXACT, the reference) a pool of every cell of
 // the view (masked ones are -1 slots), so that the exact logits keep each query head's true top budget; the
-// pool is in code rank order, so equal logits keep the better code rank.
+// pool is in code rank order, so equal logits keep the better code rank. The select ranks the forced cells
+// (sinks, recent tokens) first, so the rerank keeps its first n_sink + n_recent slots whatever their logits.
 static ggml_tensor * adamas_select_attn(ggml_context * ctx, const llama_adamas_params & p, int32_t budget,
         ggml_tensor * qc, ggml_tensor * kc, ggml_tensor * sel_mask, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
         ggml_tensor * mask, float scale, float softcap, ggml_tensor ** idx_out) {
@@ -53,8 +54,10 @@ static ggml_tensor * adamas_select_attn(ggml_context * ctx, const llama_adamas_p
     if (idx_out) {
         *idx_out = idx;
     }
-    return exact || p.rerank > 1 ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, std::min(budget, pool))
-                                 : ggml_adamas_attn(ctx, q, k, v, mask, idx, scale, softcap);
+    const int32_t n_keep = std::min(budget, pool);
+    return exact || p.rerank > 1
+        ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, n_keep, std::min(n_keep, p.n_sink + p.n_recent))
+        : ggml_adamas_attn(ctx, q, k, v, mask, idx, scale, softcap);
 }
 
 // Why the device holding a layer's cache cannot run the Adamas ops at these parameters (NULL: it can). The

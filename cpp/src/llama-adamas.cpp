@@ -71,13 +71,6 @@ const char * llama_adamas_params_check(const struct llama_adamas_params * p) {
     if (p->rerank < 1 || (int64_t) p->rerank*p->budget > INT32_MAX) {
         return "rerank must be >= 1 (1: off), and rerank * budget must fit in 32 bits";
     }
-    // the exact logits pick the budget from the whole pool, so forced tokens would not stay (for now)
-    if (p->select_mode == LLAMA_ADAMAS_SELECT_EXACT && (p->n_sink > 0 || p->n_recent > 0)) {
-        return "select_mode EXACT does not go with n_sink or n_recent (its exact logits pick from every cell; forced tokens would not stay)";
-    }
-    if (p->rerank > 1 && (p->n_sink > 0 || p->n_recent > 0)) {
-        return "n_sink and n_recent need rerank = 1 for now (the default rerank is 4: set it to 1): a rerank's exact logits pick from the pool, so forced tokens would not stay";
-    }
     if (p->budget > 0 && (int64_t) p->n_sink + p->n_recent > p->budget) {
         return "n_sink + n_recent must not exceed the budget (they are kept inside it)";
     }

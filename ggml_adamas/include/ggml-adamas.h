@@ -9,7 +9,7 @@
 //   qc  = ggml_adamas_encode(ctx, q_cur, ...)
 //   idx = ggml_adamas_select(ctx, qc, kc_view, kq_mask, budget, mode)
 //   out = ggml_adamas_attn(ctx, q, k, v, kq_mask, idx, scale, softcap)
-//   (or a pool: select with R*budget, then ggml_adamas_attn_rerank(..., n_keep = budget))
+//   (or a pool: select with R*budget, then ggml_adamas_attn_rerank(..., n_keep = budget, n_lead))
 //
 // Code layout (GGML_TYPE_I8, D/4 bytes per head of dimension D):
 //   bytes [0,   D/8): sign plane      s[d] = y[d] > 0
@@ -124,10 +124,11 @@ GGML_API struct ggml_tensor * ggml_adamas_attn(
         float                 scale,
         float                 softcap);
 
-// The same over the n_keep selected cells with the highest logits only (1 <= n_keep <= idx->ne[0]): idx is a
-// candidate pool (ggml_adamas_select with a larger budget), the exact logits pick the budget from it. Among
-// equal logits the earlier slot is kept (the select's better rank). K is read for every candidate, V only
-// for the kept ones.
+// The same over n_keep of the selected cells (1 <= n_keep <= idx->ne[0]): idx is a candidate pool
+// (ggml_adamas_select with a larger budget) and the exact logits pick the budget from it. The first n_lead
+// slots (0 <= n_lead <= n_keep; the select's forced cells, which it ranks first: sinks, recent tokens) are
+// always kept; of the other slots the n_keep - n_lead with the highest logits are. Among equal logits the
+// earlier slot is kept (the select's better rank). K is read for every candidate, V only for the kept ones.
 GGML_API struct ggml_tensor * ggml_adamas_attn_rerank(
         struct ggml_context * ctx,
         struct ggml_tensor  * q,
@@ -137,7 +138,8 @@ GGML_API struct ggml_tensor * ggml_adamas_attn_rerank(
         struct ggml_tensor  * idx,
         float                 scale,
         float                 softcap,
-        int                   n_keep);
+        int                   n_keep,
+        int                   n_lead);
 
 #ifdef __cplusplus
 }

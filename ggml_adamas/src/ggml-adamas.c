@@ -136,7 +136,8 @@ static struct ggml_tensor * ggml_adamas_attn_impl(
         struct ggml_tensor  * idx,
         float                 scale,
         float                 softcap,
-        int                   n_keep) {
+        int                   n_keep,
+        int                   n_lead) {
     GGML_ASSERT(q->type == GGML_TYPE_F32 && q->nb[0] == sizeof(float));
     GGML_ASSERT(k->ne[0] == q->ne[0]);
     GGML_ASSERT(v->ne[1] == k->ne[1] && v->ne[2] == k->ne[2] && v->ne[3] == k->ne[3]);
@@ -157,6 +158,7 @@ static struct ggml_tensor * ggml_adamas_attn_impl(
     ggml_set_op_params_f32(result, 0, scale);
     ggml_set_op_params_f32(result, 1, softcap);
     ggml_set_op_params_i32(result, 2, n_keep); // 0: every slot
+    ggml_set_op_params_i32(result, 3, n_lead); // slots kept whatever their logit (with n_keep > 0)
 
     result->op     = GGML_OP_ADAMAS_ATTN;
     result->src[0] = q;
@@ -177,7 +179,7 @@ struct ggml_tensor * ggml_adamas_attn(
         struct ggml_tensor  * idx,
         float                 scale,
         float                 softcap) {
-    return ggml_adamas_attn_impl(ctx, q, k, v, mask, idx, scale, softcap, 0);
+    return ggml_adamas_attn_impl(ctx, q, k, v, mask, idx, scale, softcap, 0, 0);
 }
 
 struct ggml_tensor * ggml_adamas_attn_rerank(
@@ -189,7 +191,9 @@ struct ggml_tensor * ggml_adamas_attn_rerank(
         struct ggml_tensor  * idx,
         float                 scale,
         float                 softcap,
-        int                   n_keep) {
+        int                   n_keep,
+        int                   n_lead) {
     GGML_ASSERT(n_keep >= 1 && n_keep <= idx->ne[0]);
-    return ggml_adamas_attn_impl(ctx, q, k, v, mask, idx, scale, softcap, n_keep);
+    GGML_ASSERT(n_lead >= 0 && n_lead <= n_keep);
+    return ggml_adamas_attn_impl(ctx, q, k, v, mask, idx, scale, softcap, n_keep, n_lead);
 }

@@ -79,12 +79,12 @@ class AdamasParams:
               "head": one per query head;
               "exact": the reference, each query head attends its true top budget by exact q.k over every
               visible cell (equal logits: the better code rank); it reads all of K every step, so it is no
-              faster than dense; rerank is not used; not with n_sink or n_recent for now
+              faster than dense; rerank is not used; sink and recent tokens are kept first
     n_sink    the first n_sink tokens of the sequence are always attended (counted in the budget)
     n_recent  the n_recent most recent tokens are always attended (counted in the budget)
     rerank    1: attend the budget nearest by code distance; R > 1 (default 4): the R*budget nearest are a
-              pool, and the budget with the highest exact q.k among them are attended (n_sink and n_recent
-              need rerank 1 for now; CPU only for now: on CUDA the model decodes dense and says why)
+              pool, and the budget with the highest exact q.k among them are attended (sink and recent
+              tokens are kept first, inside the budget)
 
     The defaults are the library's (llama_adamas_default_params(); `AdamasParams.c_defaults()`).
     Construction validates: a bad value raises ValueError (TypeError for a wrong type) naming it. Thresholds

@@ -277,19 +277,8 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
                    help=f"always attend the N most recent tokens, inside the budget (default: {D.n_recent})")
     g.add_argument("--rerank", type=_int_type(1, INT32_MAX, ""), default=D.rerank, metavar="R",
                    help=f"R > 1: the R*budget nearest tokens by code distance are a pool, and the budget of "
-                        f"them with the highest exact q.k are attended (CPU only for now; --sink and "
-                        f"--recent need --rerank 1 for now); 1 = off (default: {D.rerank})")
-
-
-def _check_forced(args, parser: argparse.ArgumentParser) -> None:
-    """--sink/--recent with the default --rerank: say which flag to add, in the flags' own words (the library's
-    message names parameters the user may not have set)."""
-    from .adamas import AdamasParams as D
-    if (args.sink or args.recent) and args.rerank > 1 and args.select != "exact":
-        given = " and ".join(f for f, v in (("--sink", args.sink), ("--recent", args.recent)) if v)
-        parser.error(f"{given} need{'s' if ' and ' not in given else ''} --rerank 1 for now (the "
-                     f"{'default ' if args.rerank == D.rerank else ''}--rerank is {args.rerank}): the exact "
-                     f"logits of a rerank choose from the pool and would not keep forced tokens")
+                        f"them with the highest exact q.k are attended (--sink and --recent tokens are kept "
+                        f"first); 1 = off (default: {D.rerank})")
 
 
 def adamas_params(args, parser: argparse.ArgumentParser):
@@ -298,7 +287,6 @@ def adamas_params(args, parser: argparse.ArgumentParser):
     if args.budget > 0 and args.sink + args.recent > args.budget:
         parser.error(f"--sink {args.sink} and --recent {args.recent} keep {args.sink + args.recent} tokens, "
                      f"more than --budget {args.budget}: they are attended inside the budget")
-    _check_forced(args, parser)
     try:
         return AdamasParams(budget=args.budget, n_dense=args.dense_layers, thr_mode=args.thr_mode,
                             thr_q=args.thr_q, thr_k=args.thr_k, select=args.select, n_sink=args.sink,

@@ -96,7 +96,6 @@ def add_parsers(sub) -> None:
 
 def _base_params(args, parser):
     from .adamas import AdamasParams
-    cli._check_forced(args, parser)
     try:
         return AdamasParams(budget=0, n_dense=args.dense_layers, thr_mode=args.thr_mode, thr_q=args.thr_q,
                             thr_k=args.thr_k, select=args.select, n_sink=args.sink, n_recent=args.recent,

@@ -138,7 +138,7 @@ int main(int argc, char ** argv) {
     {
         llama_context * ctx = R.make(512, 1, true, GGML_TYPE_F16, def);
         llama_adamas_params good = def;
-        good.budget = 64; good.thr_q = 0.7f; good.n_sink = 4; good.n_recent = 16; good.rerank = 1;
+        good.budget = 64; good.thr_q = 0.7f; good.n_sink = 4; good.n_recent = 16;
         CHECK(llama_adamas_set(ctx, &good) == 0, "valid parameters refused");
         // the exact reference takes any rerank (it does not use it)
         llama_adamas_params exact = def;
@@ -155,9 +155,9 @@ int main(int argc, char ** argv) {
             [] { auto p = llama_adamas_default_params(); p.n_sink = -2;    return p; }(),
             [] { auto p = llama_adamas_default_params(); p.budget = 8; p.n_sink = 4; p.n_recent = 8; return p; }(),
             [] { auto p = llama_adamas_default_params(); p.rerank = 0;     return p; }(),
-            [] { auto p = llama_adamas_default_params(); p.budget = 16; p.rerank = 4; p.n_sink = 1; return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.budget = 16; p.rerank = 4; p.n_sink = 9; p.n_recent = 8; return p; }(),
             [] { auto p = llama_adamas_default_params(); p.select_mode = 3; return p; }(),
-            [] { auto p = llama_adamas_default_params(); p.budget = 16; p.select_mode = LLAMA_ADAMAS_SELECT_EXACT; p.n_recent = 2; return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.budget = 16; p.select_mode = LLAMA_ADAMAS_SELECT_EXACT; p.n_sink = 9; p.n_recent = 8; return p; }(),
         };
         for (const auto & b : bads) {
             CHECK(llama_adamas_params_check(&b) != nullptr, "bad parameters accepted");
@@ -333,7 +333,7 @@ int main(int argc, char ** argv) {
     // ---- 5-7. state save/load and context shift, F16 and quantized caches ----
     for (ggml_type type_kv : { GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0 }) {
         const char * tn = ggml_type_name(type_kv);
-        llama_adamas_params p = def; p.budget = 32; p.n_sink = 2; p.n_recent = 8; p.rerank = 1; // rerank keeps no forced cells yet
+        llama_adamas_params p = def; p.budget = 32; p.n_sink = 2; p.n_recent = 8;
 
         // uninterrupted
         llama_context * a = R.make(1024, 1, true, type_kv, p, type_kv != GGML_TYPE_F16);

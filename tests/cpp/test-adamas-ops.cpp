@@ -727,7 +727,8 @@ static void dequant_row(ggml_type type, const uint8_t * p, int n, double * out) 
 // out: [Dv, n_head, n_q, ns]; idx: dense [budget, n_idx, n_q, ns]
 static std::vector<double> ref_attn(const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v,
                                     const ggml_tensor * mask, const std::vector<int32_t> & idx, int budget, int n_idx,
-                                    float scale, float softcap, int n_keep = 0, int * n_unclear = nullptr) {
+                                    float scale, float softcap, int n_keep = 0, int * n_unclear = nullptr,
+                                    int n_lead = 0) {
     const int D         = (int) q->ne[0];
     const int n_q       = (int) q->ne[1];
     const int n_head    = (int) q->ne[2];
@@ -774,22 +775,28 @@ static std::vector<double> ref_attn(const ggml_tensor * q, const ggml_tensor * k
                     continue; // nothing visible: 0
                 }
                 if (n_keep > 0) {
-                    // the n_keep largest logits by (logit desc, slot asc); the rest leave the softmax
+                    // the first n_lead slots, then the n_keep - n_lead largest logits of the others by (logit
+                    // desc, slot asc); the rest leave the softmax
                     std::vector<int> order;
-                    for (int j = 0; j < budget; j++) {
+                    const int n_pick = n_keep - n_lead;
+                    for (int j = n_lead; j < budget; j++) {
                         if (logit[j] != -INFINITY) {
                             order.push_back(j);
                         }
                     }
                     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logit[a] > logit[b]; });
-                    if ((int) order.size() > n_keep) {
+                    if ((int) order.size() > n_pick) {
                         // a boundary closer than float rounding could go either way in the kernel's F32 logits
-                        const double gap = logit[order[n_keep - 1]] - logit[order[n_keep]];
-                        if (n_unclear && gap > 0.0 && gap < 1e-5*std::max(1.0, std::fabs(logit[order[n_keep]]))) {
+                        const double gap = n_pick > 0 ? logit[order[n_pick - 1]] - logit[order[n_pick]] : 1.0;
+                        if (n_unclear && gap > 0.0 && gap < 1e-5*std::max(1.0, std::fabs(logit[order[n_pick]]))) {
                             (*n_unclear)++;
                         }
-                        for (size_t i = n_keep; i < order.size(); i++) {
+                        for (size_t i = n_pick; i < order.size(); i++) {
                             logit[order[i]] = -INFINITY;
+                        }
+                        lmax = -INFINITY;
+                        for (int j = 0; j < budget; j++) {
+                            lmax = std::max(lmax, logit[j]);
                         }
                     }
                 }
@@ -858,12 +865,13 @@ struct attn_case {
     bool from_select;     // idx comes from ggml_adamas_select on random codes in the same graph
     int n_threads;
     int n_keep = 0;       // > 0: ggml_adamas_attn_rerank keeping the n_keep highest logits of the list
+    int n_lead = 0;       // with n_keep: its first n_lead slots kept whatever their logits
 
     std::string str() const {
-        return strfmt("attn [D=%d Dv=%d n_head_kv=%d gqa=%d n_kv=%d n_q=%d ns=%d budget=%d K=%s V=%s kv_size=%d idx=%s mask=%s%s pad=%d holes=%.2f full=%.2f scale=%g/sqrt(D) softcap=%g q_perm=%d neg=%d short=%.2f int=%d select=%d threads=%d keep=%d]",
+        return strfmt("attn [D=%d Dv=%d n_head_kv=%d gqa=%d n_kv=%d n_q=%d ns=%d budget=%d K=%s V=%s kv_size=%d idx=%s mask=%s%s pad=%d holes=%.2f full=%.2f scale=%g/sqrt(D) softcap=%g q_perm=%d neg=%d short=%.2f int=%d select=%d threads=%d keep=%d lead=%d]",
             D, Dv, n_head_kv, n_gqa, n_kv, n_q, ns, budget, ggml_type_name(type_k), ggml_type_name(type_v), kv_size,
             idx_per_head ? "head" : "group", type_name(mask_type), mask_type != GGML_TYPE_COUNT && mask_bcast ? "(bcast)" : "", n_q_pad, hole_frac,
-            full_frac, scale_factor, softcap, q_permuted, neg, short_frac, integer_data, from_select, n_threads, n_keep);
+            full_frac, scale_factor, softcap, q_permuted, neg, short_frac, integer_data, from_select, n_threads, n_keep, n_lead);
     }
 };
 
@@ -972,7 +980,8 @@ static void test_attn(const attn_case & tc) {
     }
 
     const int n_keep = std::min(tc.n_keep, tc.budget); // cases that shrink the budget after drawing n_keep
-    ggml_tensor * out = n_keep > 0 ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, tc.softcap, n_keep)
+    const int n_lead = std::min(tc.n_lead, n_keep);
+    ggml_tensor * out = n_keep > 0 ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, tc.softcap, n_keep, n_lead)
                                       : ggml_adamas_attn(ctx, q, k, v, mask, idx, scale, tc.softcap);
     ggml_cgraph * gf = build(ctx, {out});
     poison(out, 0xff); // NaN
@@ -990,7 +999,7 @@ static void test_attn(const attn_case & tc) {
     }
 
     int n_unclear = 0;
-    const std::vector<double> ref = ref_attn(q, k, v, mask, idx_ref, tc.budget, n_idx, scale, tc.softcap, n_keep, &n_unclear);
+    const std::vector<double> ref = ref_attn(q, k, v, mask, idx_ref, tc.budget, n_idx, scale, tc.softcap, n_keep, &n_unclear, n_lead);
     if (n_unclear > 0) {
         // inputs whose kept set depends on float rounding: not a check of the kernel (rare; counted)
         g_n_unclear++;
@@ -1371,6 +1380,15 @@ static void run_attn_tests() {
         test_attn(tc);
         tc.n_keep       = tc.budget;
         test_attn(tc);
+        // forced slots first (sinks, recent tokens): kept whatever their logits, the rest by logit
+        tc.integer_data = type != GGML_TYPE_Q8_0;
+        tc.from_select  = false;
+        tc.n_keep       = 64;
+        for (int n_lead : {1, 20, 64}) {
+            tc.n_lead = n_lead;
+            test_attn(tc);
+        }
+        tc.n_lead = 0;
     }
     // nothing visible: all selected cells masked, or every slot -1
     {

@@ -47,6 +47,7 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
     const float scale   = ggml_get_op_params_f32(dst, 0);
     const float softcap = ggml_get_op_params_f32(dst, 1);
     const int   n_keep  = ggml_get_op_params_i32(dst, 2); // 0: every slot
+    const int   n_lead  = ggml_get_op_params_i32(dst, 3); // with n_keep: slots kept whatever their logit
 
     const int64_t D       = q->ne[0];
     const int64_t Dv      = v->ne[0];
@@ -114,23 +115,29 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
             M = std::max(M, s);
         }
 
-        // rerank: only the n_keep highest logits stay; at the threshold the earlier slots (better code rank)
+        // rerank: the first n_lead slots stay, and of the others the n_keep - n_lead highest logits; at the
+        // threshold the earlier slots (better code rank)
         if (n_keep > 0 && M != -INFINITY) {
+            const int64_t n_pick = n_keep - n_lead;
             int64_t n_fin = 0;
-            for (int64_t j = 0; j < budget; ++j) {
+            for (int64_t j = n_lead; j < budget; ++j) {
                 if (logits[j] != -INFINITY) {
                     sorted[n_fin++] = logits[j];
                 }
             }
-            if (n_fin > n_keep) {
-                std::nth_element(sorted, sorted + (n_keep - 1), sorted + n_fin, std::greater<float>());
-                const float thr = sorted[n_keep - 1];
-                int64_t n_above = 0;
-                for (int64_t j = 0; j < n_fin; ++j) {
-                    n_above += sorted[j] > thr;
+            if (n_fin > n_pick) {
+                float thr = INFINITY;
+                int64_t n_ties = 0; // slots at thr that stay
+                if (n_pick > 0) {
+                    std::nth_element(sorted, sorted + (n_pick - 1), sorted + n_fin, std::greater<float>());
+                    thr = sorted[n_pick - 1];
+                    int64_t n_above = 0;
+                    for (int64_t j = 0; j < n_fin; ++j) {
+                        n_above += sorted[j] > thr;
+                    }
+                    n_ties = n_pick - n_above;
                 }
-                int64_t n_ties = n_keep - n_above; // slots at thr that stay
-                for (int64_t j = 0; j < budget; ++j) {
+                for (int64_t j = n_lead; j < budget; ++j) {
                     if (logits[j] == -INFINITY || logits[j] > thr) {
                         continue;
                     }
@@ -139,6 +146,10 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
                         continue;
                     }
                     logits[j] = -INFINITY;
+                }
+                M = -INFINITY;
+                for (int64_t j = 0; j < budget; ++j) {
+                    M = std::max(M, logits[j]);
                 }
             }
         }

@@ -5,6 +5,11 @@
 // GPU; in a block each warp takes every NWARP-th group of U slots (their K and V loads issued together) with an
 // online softmax, and the warps merge in shared memory. With several splits a second kernel merges the splits'
 // (max, sum, accumulator) partials.
+//
+// Rerank (ggml_adamas_attn_rerank, n_keep < budget): one block per index row and query scores the whole pool
+// (its exact logits kept in shared memory), keeps the first n_lead slots and the n_keep - n_lead best of the
+// others by a radix select on the logits' bits (ties: the earlier slot, as on the CPU), then attends over the
+// kept slots from the same logits, so K is read once for the pool and V only for the kept cells.
 
 #include "adamas-common.cuh"
 #ifndef ADAMAS_CUDA_STANDALONE
@@ -30,6 +35,7 @@ struct adamas_attn_args {
     int64_t n_hb;                                          // head blocks per KV head (GROUP)
     float   scale, softcap;
     int     n_split;                                       // blocks per index row
+    int     n_keep, n_lead;                                // rerank (0 < n_keep < budget): see the header
     float * part;                                          // n_split > 1: [n_head*n_q*ns][n_split][D + 2]
     float * dst;                                           // F32 [D, n_head, n_q, ns], contiguous
 };
@@ -273,6 +279,387 @@ adamas_attn_kernel(const adamas_attn_args a) {
     }
 }
 
+#define ADAMAS_RR_NWARP 16 // warps of a rerank block: the pool's K rows in flight at once
+
+// orderable key of a logit: a larger float has a larger key; -0 as +0 (equal as floats, so they tie)
+static __device__ __forceinline__ uint32_t adamas_rr_key(float f) {
+    const uint32_t u = __float_as_uint(f == 0.0f ? 0.0f : f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// exclusive prefix sum of v over the block's threads in order; *total: the block's sum. sm: NWARP ints.
+template <int NWARP>
+static __device__ __forceinline__ int adamas_block_scan(int v, int * sm, int * total) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    int x = v;
+#pragma unroll
+    for (int o = 1; o < WARP_SIZE; o <<= 1) {
+        const int y = __shfl_up_sync(0xFFFFFFFF, x, o);
+        x += lane >= o ? y : 0;
+    }
+    if (lane == WARP_SIZE - 1) {
+        sm[warp] = x;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        int w = lane < NWARP ? sm[lane] : 0;
+#pragma unroll
+        for (int o = 1; o < WARP_SIZE; o <<= 1) {
+            const int y = __shfl_up_sync(0xFFFFFFFF, w, o);
+            w += lane >= o ? y : 0;
+        }
+        if (lane < NWARP) {
+            sm[lane] = w; // inclusive
+        }
+    }
+    __syncthreads();
+    const int base = warp > 0 ? sm[warp - 1] : 0;
+    *total = sm[NWARP - 1];
+    __syncthreads(); // sm is free again
+    return base + x - v;
+}
+
+// max of v over the block. sm: NWARP floats.
+template <int NWARP>
+static __device__ __forceinline__ float adamas_block_max(float v, float * sm) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+#pragma unroll
+    for (int o = WARP_SIZE/2; o > 0; o >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFF, v, o));
+    }
+    if (lane == 0) {
+        sm[warp] = v;
+    }
+    __syncthreads();
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NWARP; ++w) {
+        m = fmaxf(m, sm[w]);
+    }
+    __syncthreads();
+    return m;
+}
+
+// shared memory of a rerank block: the logits [NG][pool] and the kept slots' list, later reused by the warps'
+// accumulators, then the small arrays
+static size_t adamas_attn_rerank_smem(int D, int ng, int pool) {
+    const size_t a = (size_t) ng*pool*sizeof(float) + (size_t) pool*sizeof(int);
+    const size_t b = (size_t) ADAMAS_RR_NWARP*ng*D*sizeof(float);
+    return std::max(a, b) + (size_t) ADAMAS_RR_NWARP*ng*sizeof(float) + ng*sizeof(float) + 256*sizeof(int) +
+           (ADAMAS_RR_NWARP + 2)*sizeof(int) + ADAMAS_RR_NWARP*sizeof(float);
+}
+
+template <int D, int NG>
+static __global__ void __launch_bounds__(ADAMAS_RR_NWARP*WARP_SIZE)
+adamas_attn_rerank_kernel(const adamas_attn_args a) {
+    constexpr int E     = D/WARP_SIZE;
+    constexpr int U     = D <= 128 ? 8 : 4;
+    constexpr int NWARP = ADAMAS_RR_NWARP;
+    constexpr int NT    = NWARP*WARP_SIZE;
+
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int tid  = threadIdx.x;
+    const int64_t iq = blockIdx.z % a.n_q;
+    const int64_t is = blockIdx.z / a.n_q;
+    const int P = a.budget; // the pool
+
+    int64_t kvh, h0, irow;
+    int ng;
+    if (a.per_head) {
+        h0   = blockIdx.x;
+        kvh  = h0 / a.n_gqa;
+        irow = h0;
+        ng   = 1;
+    } else {
+        kvh  = blockIdx.x / a.n_hb;
+        h0   = kvh*a.n_gqa + (blockIdx.x % a.n_hb)*NG;
+        irow = kvh;
+        ng   = (int) min((int64_t) NG, kvh*a.n_gqa + a.n_gqa - h0);
+    }
+
+    const int32_t * sel  = (const int32_t *) (a.idx + irow*a.inb1 + iq*a.inb2 + is*a.inb3);
+    const char *    mrow = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
+    const char *    kb   = a.k + kvh*a.knb2 + is*a.knb3;
+    const char *    vb   = a.v + kvh*a.vnb2 + is*a.vnb3;
+
+    extern __shared__ float sm[];
+    float * lg     = sm;                                                   // [NG][P] logits
+    int   * list   = (int *) (lg + NG*P);                                  // [P] slots kept by some head
+    float * sm_acc = sm;                                                   // [NWARP][NG][D], after the V pass
+    const size_t big = (size_t) NG*P + P > (size_t) NWARP*NG*D ? (size_t) NG*P + P : (size_t) NWARP*NG*D; // floats, as the host's size
+    float * sm_s   = sm + big;                                             // [NWARP][NG]
+    float * sm_M   = sm_s + NWARP*NG;                                      // [NG]
+    int   * hist   = (int *) (sm_M + NG);                                  // [256]
+    int   * sm_i   = hist + 256;                                           // [NWARP + 2]
+    float * sm_f   = (float *) (sm_i + NWARP + 2);                         // [NWARP]
+
+    const float qk_scale = a.softcap != 0.0f ? a.scale/a.softcap : a.scale;
+
+    float q[NG][E];
+#pragma unroll
+    for (int hh = 0; hh < NG; ++hh) {
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            q[hh][i] = hh < ng ? ((const float *) (a.q + iq*a.qnb1 + (h0 + hh)*a.qnb2 + is*a.qnb3))[lane*E + i] : 0.0f;
+        }
+    }
+
+    // 1. the exact logits of the pool: each warp U slots at a time, their mask and K loads in flight together
+    for (int j0 = warp*U; j0 < P; j0 += NWARP*U) {
+        int   c[U];
+        float mv[U];
+        float kx[U][E];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            c[u] = j0 + u < P ? sel[j0 + u] : -1;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            mv[u] = 0.0f;
+            if (c[u] >= 0) {
+                if (mrow) {
+                    mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
+                }
+                adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
+            }
+        }
+#pragma unroll
+        for (int hh = 0; hh < NG; ++hh) {
+            if (hh >= ng) {
+                break;
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float p = 0.0f;
+#pragma unroll
+                for (int i = 0; i < E; ++i) {
+                    p += q[hh][i]*kx[u][i];
+                }
+#pragma unroll
+                for (int o = WARP_SIZE/2; o > 0; o >>= 1) {
+                    p += __shfl_xor_sync(0xFFFFFFFF, p, o);
+                }
+                // the CPU's order of operations: scale, softcap, then the mask
+                p = __fmul_rn(p, qk_scale);
+                if (a.softcap != 0.0f) {
+                    p = __fmul_rn(a.softcap, tanhf(p));
+                }
+                if (lane == 0 && j0 + u < P) {
+                    lg[hh*P + j0 + u] = c[u] >= 0 && mv[u] != -INFINITY ? __fadd_rn(p, mv[u]) : -INFINITY;
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    // 2. per head: keep the first n_lead slots and the n_pick best of the others (radix select of the n_pick-th
+    //    largest key, 8 bits a pass; then the ties at it in slot order), drop the rest (-INF)
+    const int n_pick = a.n_keep - a.n_lead;
+    const int per_t  = (P + NT - 1)/NT;               // each thread a contiguous run of slots: slot order = thread order
+    const int t0     = min(P, max(a.n_lead, tid*per_t));
+    const int t1     = min(P, (tid + 1)*per_t);
+    for (int hh = 0; hh < ng; ++hh) {
+        float * l = lg + hh*P;
+        int n_fin_t = 0;
+        for (int j = t0; j < t1; ++j) {
+            n_fin_t += l[j] != -INFINITY;
+        }
+        int n_fin;
+        adamas_block_scan<NWARP>(n_fin_t, sm_i, &n_fin);
+        if (n_fin <= n_pick) {
+            continue; // every finite slot stays
+        }
+        uint32_t prefix = 0, pmask = 0;
+        int k = n_pick; // rank (1-based) of the threshold among the candidates still matching the prefix
+        if (n_pick > 0) {
+            for (int shift = 24; shift >= 0; shift -= 8) {
+                for (int i = tid; i < 256; i += NT) {
+                    hist[i] = 0;
+                }
+                __syncthreads();
+                for (int j = t0; j < t1; ++j) {
+                    if (l[j] != -INFINITY) {
+                        const uint32_t key = adamas_rr_key(l[j]);
+                        if ((key & pmask) == prefix) {
+                            atomicAdd(&hist[(key >> shift) & 0xFF], 1);
+                        }
+                    }
+                }
+                __syncthreads();
+                if (warp == 0) {
+                    // lane owns bins 255 - 8*lane - i (i < 8): from the largest digit down
+                    int cnt[8], tot = 0;
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) {
+                        cnt[i] = hist[255 - 8*lane - i];
+                        tot += cnt[i];
+                    }
+                    int incl = tot;
+#pragma unroll
+                    for (int o = 1; o < WARP_SIZE; o <<= 1) {
+                        const int y = __shfl_up_sync(0xFFFFFFFF, incl, o);
+                        incl += lane >= o ? y : 0;
+                    }
+                    int above = incl - tot;
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) {
+                        if (above < k && k <= above + cnt[i]) {
+                            sm_i[NWARP]     = 255 - 8*lane - i;
+                            sm_i[NWARP + 1] = k - above;
+                        }
+                        above += cnt[i];
+                    }
+                }
+                __syncthreads();
+                prefix |= (uint32_t) sm_i[NWARP] << shift;
+                pmask  |= 0xFFu << shift;
+                k       = sm_i[NWARP + 1];
+            }
+        }
+        // k: how many slots at the threshold key stay, the earliest ones
+        int n_tie_t = 0;
+        for (int j = t0; j < t1; ++j) {
+            n_tie_t += n_pick > 0 && l[j] != -INFINITY && adamas_rr_key(l[j]) == prefix;
+        }
+        int n_tie;
+        int before = adamas_block_scan<NWARP>(n_tie_t, sm_i, &n_tie);
+        for (int j = t0; j < t1; ++j) {
+            if (l[j] == -INFINITY) {
+                continue;
+            }
+            const uint32_t key = adamas_rr_key(l[j]);
+            bool keep = false;
+            if (n_pick > 0) {
+                if (key > prefix) {
+                    keep = true;
+                } else if (key == prefix) {
+                    keep = before < k;
+                    before++;
+                }
+            }
+            if (!keep) {
+                l[j] = -INFINITY;
+            }
+        }
+        __syncthreads();
+    }
+
+    // 3. each head's max over its kept logits, and the list of slots some head keeps (in slot order)
+    {
+        const int j0 = min(P, tid*per_t);
+        for (int hh = 0; hh < ng; ++hh) {
+            float m = -INFINITY;
+            for (int j = j0; j < t1; ++j) {
+                m = fmaxf(m, lg[hh*P + j]);
+            }
+            m = adamas_block_max<NWARP>(m, sm_f);
+            if (tid == 0) {
+                sm_M[hh] = m;
+            }
+        }
+        int n_t = 0;
+        for (int j = j0; j < t1; ++j) {
+            bool any = false;
+            for (int hh = 0; hh < ng; ++hh) {
+                any |= lg[hh*P + j] != -INFINITY;
+            }
+            n_t += any;
+        }
+        int n_list;
+        int pos = adamas_block_scan<NWARP>(n_t, sm_i, &n_list);
+        for (int j = j0; j < t1; ++j) {
+            bool any = false;
+            for (int hh = 0; hh < ng; ++hh) {
+                any |= lg[hh*P + j] != -INFINITY;
+            }
+            if (any) {
+                list[pos++] = j;
+            }
+        }
+        if (tid == 0) {
+            sm_i[NWARP] = n_list;
+        }
+        __syncthreads();
+    }
+    const int n_list = sm_i[NWARP];
+
+    // 4. softmax weights from the kept logits and the V sum: each warp U kept slots at a time
+    float s[NG], acc[NG][E], M[NG];
+#pragma unroll
+    for (int hh = 0; hh < NG; ++hh) {
+        s[hh] = 0.0f;
+        M[hh] = hh < ng ? sm_M[hh] : -INFINITY;
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            acc[hh][i] = 0.0f;
+        }
+    }
+    for (int e0 = warp*U; e0 < n_list; e0 += NWARP*U) {
+        int   jj[U];
+        float vx[U][E];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            jj[u] = e0 + u < n_list ? list[e0 + u] : -1;
+            if (jj[u] >= 0) {
+                adamas_load_row<E>(vb + sel[jj[u]]*a.vnb1, a.vt, lane*E, vx[u]);
+            }
+        }
+#pragma unroll
+        for (int hh = 0; hh < NG; ++hh) {
+            if (hh >= ng) {
+                break;
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                if (jj[u] < 0) {
+                    continue;
+                }
+                const float lv = lg[hh*P + jj[u]];
+                if (lv == -INFINITY) {
+                    continue;
+                }
+                const float p = expf(lv - M[hh]);
+                s[hh] += p;
+#pragma unroll
+                for (int i = 0; i < E; ++i) {
+                    acc[hh][i] += p*vx[u][i];
+                }
+            }
+        }
+    }
+    __syncthreads(); // the logits and the list are done with: their space takes the accumulators
+
+    // 5. merge the warps in a fixed order (the result does not depend on timing)
+#pragma unroll
+    for (int hh = 0; hh < NG; ++hh) {
+        if (hh >= ng) {
+            break;
+        }
+        if (lane == 0) {
+            sm_s[warp*NG + hh] = s[hh];
+        }
+#pragma unroll
+        for (int i = 0; i < E; ++i) {
+            sm_acc[(warp*NG + hh)*D + lane*E + i] = acc[hh][i];
+        }
+    }
+    __syncthreads();
+    for (int t = tid; t < ng*D; t += NT) {
+        const int hh = t / D;
+        const int d  = t % D;
+        float o = 0.0f, S = 0.0f;
+        for (int w = 0; w < NWARP; ++w) {
+            S += sm_s[w*NG + hh];
+            o += sm_acc[(w*NG + hh)*D + d];
+        }
+        const int64_t hq = (h0 + hh) + a.n_head*(iq + a.n_q*is);
+        a.dst[d + D*hq] = sm_M[hh] == -INFINITY ? 0.0f : o/S;
+    }
+}
+
 // merges the splits of one (head, query, stream): grid n_head*n_q*ns, D threads
 template <int D>
 static __global__ void adamas_attn_combine_kernel(const adamas_attn_args a) {
@@ -308,8 +695,26 @@ static int adamas_attn_ng(int D, int64_t n_gqa, bool per_head) {
     return g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
 }
 
+// rerank: n_keep of the budget's slots, in one block per index row and query
+static bool adamas_attn_is_rerank(int budget, int n_keep) {
+    return n_keep > 0 && n_keep < budget;
+}
+
+template <int D, int NG>
+static void adamas_attn_rerank_launch_ng(const adamas_attn_args & a, cudaStream_t stream) {
+    const size_t smem = adamas_attn_rerank_smem(D, NG, a.budget);
+    const int64_t nx = a.per_head ? a.n_head : a.n_head_kv*a.n_hb;
+    const dim3 grid((unsigned) nx, 1, (unsigned) (a.n_q*a.ns));
+    adamas_set_smem(adamas_attn_rerank_kernel<D, NG>, smem);
+    adamas_attn_rerank_kernel<D, NG><<<grid, ADAMAS_RR_NWARP*WARP_SIZE, smem, stream>>>(a);
+}
+
 template <int D, int NG>
 static void adamas_attn_launch_ng(const adamas_attn_args & a, cudaStream_t stream) {
+    if (adamas_attn_is_rerank(a.budget, a.n_keep)) {
+        adamas_attn_rerank_launch_ng<D, NG>(a, stream);
+        return;
+    }
     const size_t smem = (size_t) ADAMAS_ATTN_NWARP*NG*(D + 2)*sizeof(float);
     const int64_t nx = a.per_head ? a.n_head : a.n_head_kv*a.n_hb;
     const dim3 grid((unsigned) nx, (unsigned) a.n_split, (unsigned) (a.n_q*a.ns));
@@ -337,9 +742,9 @@ static int adamas_attn_n_split(int budget) {
     return std::max(1, (budget + ADAMAS_ATTN_SLOTS - 1)/ADAMAS_ATTN_SLOTS);
 }
 
-// floats of the partials buffer a.part (with n_split > 1)
-static int64_t adamas_attn_part_size(int D, int64_t n_head, int64_t n_q, int64_t ns, int budget) {
-    const int n_split = adamas_attn_n_split(budget);
+// floats of the partials buffer a.part (with n_split > 1; a rerank block merges its own)
+static int64_t adamas_attn_part_size(int D, int64_t n_head, int64_t n_q, int64_t ns, int budget, int n_keep) {
+    const int n_split = adamas_attn_is_rerank(budget, n_keep) ? 1 : adamas_attn_n_split(budget);
     return n_split > 1 ? n_head*n_q*ns*n_split*(D + 2) : 0;
 }
 
@@ -347,7 +752,7 @@ static int64_t adamas_attn_part_size(int D, int64_t n_head, int64_t n_q, int64_t
 static void adamas_attn_launch(adamas_attn_args & a, int D, cudaStream_t stream) {
     const int ng = adamas_attn_ng(D, a.n_gqa, a.per_head);
     a.n_hb    = (a.n_gqa + ng - 1)/ng;
-    a.n_split = adamas_attn_n_split(a.budget);
+    a.n_split = adamas_attn_is_rerank(a.budget, a.n_keep) ? 1 : adamas_attn_n_split(a.budget);
     if (a.n_head == 0 || a.n_q == 0 || a.ns == 0) {
         return;
     }
@@ -374,18 +779,24 @@ static int adamas_kv_type(ggml_type t) {
 }
 
 bool ggml_cuda_adamas_attn_supported(int device, const ggml_tensor * op) {
-    GGML_UNUSED(device);
-    const ggml_tensor * q = op->src[0];
-    const ggml_tensor * k = op->src[1];
-    const ggml_tensor * v = op->src[2];
+    const ggml_tensor * q   = op->src[0];
+    const ggml_tensor * k   = op->src[1];
+    const ggml_tensor * v   = op->src[2];
+    const ggml_tensor * idx = op->src[4];
     // the kernel holds D/32 values per lane: head dims the encode accepts, Dv == D, and the K/V types above
     // (the row strides of those types keep the 4-byte loads aligned)
-    // rerank (n_keep, ggml_adamas_attn_rerank) needs the row's n_keep-th logit before its softmax: not here
+    if (!ggml_adamas_supported_dim(q->ne[0]) || v->ne[0] != k->ne[0] || adamas_kv_type(k->type) < 0 ||
+        adamas_kv_type(v->type) < 0 || k->nb[1] % 4 != 0 || v->nb[1] % 4 != 0) {
+        return false;
+    }
+    // rerank: the pool's logits stay in shared memory, within this device's limit
+    const int budget = (int) idx->ne[0];
     const int n_keep = ggml_get_op_params_i32(op, 2);
-    return (n_keep == 0 || n_keep == op->src[4]->ne[0]) &&
-           ggml_adamas_supported_dim(q->ne[0]) && v->ne[0] == k->ne[0] &&
-           adamas_kv_type(k->type) >= 0 && adamas_kv_type(v->type) >= 0 &&
-           k->nb[1] % 4 == 0 && v->nb[1] % 4 == 0;
+    if (adamas_attn_is_rerank(budget, n_keep)) {
+        const int ng = adamas_attn_ng((int) q->ne[0], q->ne[2]/k->ne[2], idx->ne[1] == q->ne[2]);
+        return adamas_attn_rerank_smem((int) q->ne[0], ng, budget) <= ggml_cuda_info().devices[device].smpbo;
+    }
+    return true;
 }
 
 void ggml_cuda_op_adamas_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
@@ -418,11 +829,13 @@ void ggml_cuda_op_adamas_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst
     a.n_kv      = k->ne[1];
     a.scale     = ggml_get_op_params_f32(dst, 0);
     a.softcap   = ggml_get_op_params_f32(dst, 1);
+    a.n_keep    = ggml_get_op_params_i32(dst, 2);
+    a.n_lead    = ggml_get_op_params_i32(dst, 3);
     a.dst       = (float *) dst->data;
     GGML_ASSERT(a.kt >= 0 && a.vt >= 0);
     GGML_ASSERT(a.n_q*a.ns <= 65535);
 
-    ggml_cuda_pool_alloc<float> part(ctx.pool(), std::max<int64_t>(1, adamas_attn_part_size(D, a.n_head, a.n_q, a.ns, a.budget)));
+    ggml_cuda_pool_alloc<float> part(ctx.pool(), std::max<int64_t>(1, adamas_attn_part_size(D, a.n_head, a.n_q, a.ns, a.budget, a.n_keep)));
     a.part = part.get();
     adamas_attn_launch(a, D, ctx.stream());
 }

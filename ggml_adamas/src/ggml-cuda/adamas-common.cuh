@@ -31,6 +31,15 @@
 // distance buffer value of a masked cell (the CPU kernel's ADAMAS_NONE)
 #define ADAMAS_DIST_NONE 0xFFFFu
 
+// dynamic shared memory above the 48 KiB default must be opted into per kernel; capture-safe (not a stream
+// operation) and idempotent
+template <typename K>
+static void adamas_set_smem(K kernel, size_t smem) {
+    if (smem > 48*1024) {
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+    }
+}
+
 static __device__ __forceinline__ uint32_t adamas_mask_bits(const void * row, bool f16, int64_t c) {
     return f16 ? (uint32_t) ((const uint16_t *) row)[c] : ((const uint32_t *) row)[c];
 }

@@ -43,6 +43,7 @@ struct adamas_select_args {
     int64_t nbins;     // histogram bins per row (adamas_select_nbins)
     int64_t nrows;
     int     n_sm;      // multiprocessors of the device (sizes the distance grid)
+    size_t  smem_max;  // shared memory a block of the device may opt into (0: ADAMAS_SELECT_MAX_SMEM)
     int     hb;        // KV heads per distance block (adamas_select_hb)
     int64_t chunk;     // cells per distance block
     bool    pipe;      // distance loop loads the next round before counting this one (adamas_select_plan)
@@ -489,23 +490,15 @@ static int64_t adamas_select_round(int hb, int D) {
 // KV heads per distance block: 8 (256 contiguous bytes per cell at D = 128), 4 or 2 while the block's histograms
 // stay small (they are zeroed and flushed per block), else 1. The H200 sweep (docs/perf-notes.md, v5) found the
 // widest such block fastest at every shape it timed.
-static int adamas_select_hb(int D, int64_t n_head_kv, int64_t n_gqa, bool group, int64_t nbins) {
+static int adamas_select_hb(int D, int64_t n_head_kv, int64_t n_gqa, bool group, int64_t nbins, size_t smem_max) {
     const int64_t rows = group ? 1 : n_gqa; // histogram rows per KV head
     for (int hb : { 8, 4, 2 }) {
         if (n_head_kv % hb == 0 && hb*rows*nbins <= 4096 &&
-            adamas_select_dist_smem(D, n_gqa, group, nbins, hb) <= ADAMAS_SELECT_MAX_SMEM) {
+            adamas_select_dist_smem(D, n_gqa, group, nbins, hb) <= smem_max) {
             return hb;
         }
     }
     return 1;
-}
-
-template <typename K>
-static void adamas_set_smem(K kernel, size_t smem) {
-    if (smem > 48*1024) {
-        // capture-safe (not a stream operation); idempotent
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
-    }
 }
 
 template <int D, bool VEC>
@@ -533,7 +526,8 @@ static void adamas_select_dist_launch(const adamas_select_args & a, bool vec, cu
 // The distance kernel's shape: a.hb, a.chunk (cells per block, a whole number of rounds) and a.pipe. The
 // harness may change them before adamas_select_run (its sweep); the op takes them as they are.
 static void adamas_select_plan(adamas_select_args & a, int D) {
-    a.hb = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins);
+    const size_t smem_max = a.smem_max > 0 ? std::min<size_t>(a.smem_max, ADAMAS_SELECT_MAX_SMEM) : ADAMAS_SELECT_MAX_SMEM;
+    a.hb = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins, smem_max);
     // From the harness's sweep on the H200 (docs/perf-notes.md, v5): enough rounds per block that the grid is
     // about two blocks per SM, but at most 4 (longer blocks lose more than the flushes they save), the loads
     // pipelined where the grid fits in one wave of two blocks per SM (the registers allow no more).
@@ -579,7 +573,6 @@ static int64_t adamas_select_dist_stride(int64_t n_kv) {
 #ifndef ADAMAS_CUDA_STANDALONE
 
 bool ggml_cuda_adamas_select_supported(int device, const ggml_tensor * op) {
-    GGML_UNUSED(device);
     const ggml_tensor * qc   = op->src[0];
     const ggml_tensor * kc   = op->src[1];
     const int     D      = (int) (4*qc->ne[0]);
@@ -587,9 +580,14 @@ bool ggml_cuda_adamas_select_supported(int device, const ggml_tensor * op) {
     const bool    group  = ggml_get_op_params_i32(op, 1) == GGML_ADAMAS_SELECT_GROUP;
     const int64_t n_gqa  = qc->ne[1]/kc->ne[1];
     const int64_t nbins  = adamas_select_nbins(D, n_gqa, group);
-    // the candidates are sorted in shared memory, and the distance blocks hold their histograms there
+    // the candidates are sorted in shared memory, and the distance blocks hold their histograms there: both
+    // within this device's limit (a smaller GPU refuses here instead of failing at launch); by the budget alone,
+    // not the cache's current size, so that the answer does not change as the context grows
+    const size_t smem_max = ggml_cuda_info().devices[device].smpbo;
+    const int    n_sort   = adamas_next_pow2(std::max(1, budget));
     return ggml_adamas_supported_dim(D) && budget <= ADAMAS_SELECT_MAX_SORT &&
-           adamas_select_dist_smem(D, n_gqa, group, nbins, 1) <= ADAMAS_SELECT_MAX_SMEM &&
+           (size_t) n_sort*sizeof(unsigned long long) <= smem_max &&
+           adamas_select_dist_smem(D, n_gqa, group, nbins, 1) <= std::min<size_t>(smem_max, ADAMAS_SELECT_MAX_SMEM) &&
            kc->ne[2] < INT32_MAX;
 }
 
@@ -621,6 +619,7 @@ void ggml_cuda_op_adamas_select(ggml_backend_cuda_context & ctx, ggml_tensor * d
     a.nrows     = a.n_sel*a.n_q*a.ns;
     a.dst  = (char *) dst->data; a.onb1 = dst->nb[1]; a.onb2 = dst->nb[2]; a.onb3 = dst->nb[3];
     a.n_sm = ggml_cuda_info().devices[ctx.device].nsm;
+    a.smem_max = ggml_cuda_info().devices[ctx.device].smpbo;
     GGML_ASSERT(a.nbins < ADAMAS_DIST_NONE);
 
     a.dist_stride = adamas_select_dist_stride(a.n_kv);

@@ -283,7 +283,8 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
 }
 
 // ---- attention ----
-struct attn_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool per_head; int kt; bool mask; float softcap; };
+struct attn_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool per_head; int kt; bool mask; float softcap;
+                   int n_keep = 0, n_lead = 0; };   // rerank: integer q and K, scale 1/8, so the logits are exact
 
 static void quant_row(int kt, const float * x, int D, std::vector<uint8_t> & out, std::vector<float> & deq) {
     deq.resize(D);
@@ -311,14 +312,20 @@ static void quant_row(int kt, const float * x, int D, std::vector<uint8_t> & out
 static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float * ms = nullptr) {
     const int D = ac.D, nh = ac.n_head_kv*ac.n_gqa, n_kv = ac.n_kv, n_q = ac.n_q;
     std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+    const bool rr = ac.n_keep > 0 && ac.n_keep < ac.budget;
     std::vector<float> q((size_t) D*nh*n_q);
-    for (float & v : q) v = U(rng);
+    for (float & v : q) v = rr ? (float) ((int) (rng() % 5) - 2) : U(rng);
     // K/V cache [D, n_head_kv, n_kv] as llama.cpp lays it out: cell rows of n_head_kv heads
     std::vector<uint8_t> kb, vb, tmp; std::vector<float> deq, x(D);
     std::vector<float> kd((size_t) n_kv*ac.n_head_kv*D), vd(kd.size());
     int64_t rs = 0;
     for (int c = 0; c < n_kv; ++c) for (int h = 0; h < ac.n_head_kv; ++h) for (int w = 0; w < 2; ++w) {
-        for (float & v : x) v = U(rng);
+        for (int i = 0; i < D; ++i) {
+            // rerank K: integers that every type stores exactly (Q8_0: 0 and +-127 with 127 first in a block of 32,
+            // so its scale is 1; the others: [-8, 7] with -8 first)
+            x[i] = !rr || w ? U(rng) : ac.kt == ADAMAS_KV_Q8_0 ? (i % 32 == 0 ? 127.0f : 127.0f*(float) ((int) (rng() % 3) - 1))
+                                                                : (i % 32 == 0 ? -8.0f : (float) ((int) (rng() % 16) - 8));
+        }
         quant_row(ac.kt, x.data(), D, tmp, deq);
         rs = (int64_t) tmp.size();
         auto & buf = w ? vb : kb;
@@ -351,8 +358,9 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
     a.idx = (const char *) di.p; a.inb1 = (int64_t) ac.budget*4; a.inb2 = a.inb1*n_sel; a.inb3 = a.inb2*n_q;
     a.budget = ac.budget; a.per_head = ac.per_head;
     a.n_head = nh; a.n_head_kv = ac.n_head_kv; a.n_gqa = ac.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_kv;
-    a.scale = 1.0f/sqrtf((float) D); a.softcap = ac.softcap; a.dst = dout.p;
-    dbuf<float> dpart(std::max<int64_t>(1, adamas_attn_part_size(D, nh, n_q, 1, ac.budget))); a.part = dpart.p;
+    a.scale = rr ? 0.125f : 1.0f/sqrtf((float) D); a.softcap = ac.softcap; a.dst = dout.p;
+    a.n_keep = ac.n_keep; a.n_lead = ac.n_lead;
+    dbuf<float> dpart(std::max<int64_t>(1, adamas_attn_part_size(D, nh, n_q, 1, ac.budget, ac.n_keep))); a.part = dpart.p;
     adamas_attn_launch(a, D, 0);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
     if (ms) {
@@ -369,9 +377,17 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
             const int c = sel[j]; if (c < 0) continue;
             const double mv = ac.mask ? mval[(size_t) iq*n_kv + c] : 0.0; if (mv == -INFINITY) continue;
             double s = 0; for (int d = 0; d < D; ++d) s += (double) q[((size_t) iq*nh + h)*D + d]*kd[((size_t) c*ac.n_head_kv + kvh)*D + d];
-            s *= 1.0/sqrt((double) D);
+            s *= (double) a.scale;
             if (ac.softcap != 0) s = ac.softcap*tanh(s/ac.softcap);
             l[j] = s + mv; M = std::max(M, l[j]);
+        }
+        if (rr && M != -INFINITY) {
+            // the first n_lead slots stay; of the others the n_keep - n_lead largest by (logit desc, slot asc)
+            std::vector<int> order;
+            for (int j = ac.n_lead; j < ac.budget; ++j) if (l[j] != -INFINITY) order.push_back(j);
+            std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return l[x] > l[y]; });
+            for (size_t i = ac.n_keep - ac.n_lead; i < order.size(); ++i) l[order[i]] = -INFINITY;
+            M = -INFINITY; for (int j = 0; j < ac.budget; ++j) M = std::max(M, l[j]);
         }
         for (int d = 0; d < D; ++d) {
             double o = 0, S = 0;
@@ -384,8 +400,8 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
         }
     }
     const double rel = sqrt(err2/std::max(ref2, 1e-30));
-    EXPECT(nonfinite == 0 && rel < 1e-4, "attn D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d per_head=%d type=%d mask=%d softcap=%g: rel err %.3g, %d non-finite",
-           D, ac.n_head_kv, ac.n_gqa, n_kv, n_q, ac.budget, ac.per_head, ac.kt, ac.mask, ac.softcap, rel, nonfinite);
+    EXPECT(nonfinite == 0 && rel < 1e-4, "attn D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d per_head=%d type=%d mask=%d softcap=%g keep=%d lead=%d: rel err %.3g, %d non-finite",
+           D, ac.n_head_kv, ac.n_gqa, n_kv, n_q, ac.budget, ac.per_head, ac.kt, ac.mask, ac.softcap, ac.n_keep, ac.n_lead, rel, nonfinite);
 }
 
 static int do_check(unsigned seed) {
@@ -419,6 +435,21 @@ static int do_check(unsigned seed) {
     }
     run_attn({128, 8, 4, 4000, 1, 1024, false, 1, true, 0.0f}, rng, true);
     run_attn({128, 1, 32, 3000, 1, 256, false, 1, true, 0.0f}, rng, true); // MQA: 4 blocks of 8 heads
+    // rerank: every type, head and group rows, pools from 2 to 8K, kept counts from 1, forced slots
+    for (int D : {32, 64, 128, 256}) for (int kt : {0, 1, 2, 3, 4}) for (int gqa : {1, 3, 8}) for (bool per_head : {false, true}) {
+        const int pool = 2 + (D*kt + 7*gqa) % 600;
+        attn_case ac = {D, 2, gqa, 700, 1 + (kt % 2), pool, per_head, kt, (kt + gqa) % 2 == 0, kt == 2 ? 20.0f : 0.0f};
+        ac.n_keep = 1 + (pool*(1 + kt)) % (pool - 1);
+        ac.n_lead = gqa == 3 ? ac.n_keep/3 : 0;
+        run_attn(ac, rng, true);
+    }
+    for (int pool : {256, 1024, 4096, 8192}) for (bool per_head : {false, true}) {
+        attn_case ac = {128, 8, 4, 32768, 1, pool, per_head, 1, true, 0.0f};
+        ac.n_keep = pool/4;
+        run_attn(ac, rng, true);
+        ac.n_keep = 1; ac.n_lead = 1; ac.kt = 4;
+        run_attn(ac, rng, true);
+    }
     printf("%d checks, %d failed\n", g_checks, g_fail);
     return g_fail ? 1 : 0;
 }
@@ -428,16 +459,21 @@ static int do_bench() {
     cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
     printf("times in us per call, CUDA graph replays\n");
-    printf("| n_kv | heads q/kv | budget | mode | select | (dist | emit) | codes MiB | select GB/s | attn f16 |\n|---:|---:|---:|:---|---:|---:|---:|---:|---:|---:|\n");
+    printf("| n_kv | heads q/kv | budget | mode | select | (dist | emit) | codes MiB | select GB/s | attn f16 | select 4x | rerank attn f16 |\n|---:|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int n_kv : {8192, 32768, 131072}) for (int n_head_kv : {32, 8}) for (int budget : {64, 256, 1024}) {
         for (bool group : {true, false}) {
             if (!group && n_head_kv == 32) continue;
-            float ms_s[3] = {0, 0, 0}, ms_a = 0;
+            float ms_s[3] = {0, 0, 0}, ms_a = 0, ms_s4[3] = {0, 0, 0}, ms_r = 0;
             run_select({128, n_head_kv, 32/n_head_kv, n_kv, 1, budget, group, 1, 0, true}, rng, false, ms_s);
             run_attn({128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, true, 0.0f}, rng, false, &ms_a);
+            // rerank 4: a pool of 4 x budget, the budget kept
+            run_select({128, n_head_kv, 32/n_head_kv, n_kv, 1, 4*budget, group, 1, 0, true}, rng, false, ms_s4);
+            attn_case rc = {128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, 4*budget, !group, ADAMAS_KV_F16, true, 0.0f};
+            rc.n_keep = budget;
+            run_attn(rc, rng, false, &ms_r);
             const double mib = (double) n_kv*n_head_kv*32/1048576.0;
-            printf("| %d | 32/%d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.0f | %.1f |\n", n_kv, n_head_kv, budget, group ? "group" : "head",
-                   ms_s[0], ms_s[1], ms_s[2], mib, mib*1048576.0/(ms_s[0]*1e-6)/1e9, ms_a);
+            printf("| %d | 32/%d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.0f | %.1f | %.1f | %.1f |\n", n_kv, n_head_kv, budget, group ? "group" : "head",
+                   ms_s[0], ms_s[1], ms_s[2], mib, mib*1048576.0/(ms_s[0]*1e-6)/1e9, ms_a, ms_s4[0], ms_r);
         }
     }
     return 0;
