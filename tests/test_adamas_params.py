@@ -68,7 +68,7 @@ def test_defaults_agree_with_library():
 
 def test_c_round_trip():
     p = AdamasParams(budget=96, n_dense=1, thr_mode="fixed", thr_q=10, thr_k=0.3, select="head", n_sink=4,
-                     n_recent=32)
+                     n_recent=32, rerank=1)
     raw = _raw(p.to_c())
     assert raw == dict(budget=96, n_dense=1, thr_mode=_lib.LLAMA_ADAMAS_THR_FIXED, thr_q=10.0,
                        thr_k=ctypes.c_float(0.3).value, select_mode=_lib.LLAMA_ADAMAS_SELECT_HEAD, n_sink=4,
@@ -79,6 +79,10 @@ def test_c_round_trip():
                       "rerank=1")
     r = AdamasParams(budget=64, rerank=4)
     assert _raw(r.to_c())["rerank"] == 4 and AdamasParams.from_c(r.to_c()) == r
+    e = AdamasParams(budget=64, select="exact", rerank=8)  # the reference takes any rerank (it uses none)
+    assert _raw(e.to_c())["select_mode"] == _lib.LLAMA_ADAMAS_SELECT_EXACT == 2
+    assert AdamasParams.from_c(e.to_c()) == e
+    assert AdamasParams(budget=64, select="exact", n_sink=4, n_recent=8).n_sink == 4  # forced cells kept first
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,7 +94,7 @@ BAD = [  # (keywords, exception, the message, a regex)
     (dict(n_dense=-1), ValueError, r"^n_dense must be >= 0 .*got -1$"),
     (dict(thr_mode="median"), ValueError, r"^thr_mode must be one of 'rms', 'fixed', got 'median'$"),
     (dict(thr_mode="RMS"), ValueError, r"thr_mode must be one of 'rms', 'fixed'"),
-    (dict(select="token"), ValueError, r"^select must be one of 'group', 'head', got 'token'$"),
+    (dict(select="token"), ValueError, r"^select must be one of 'group', 'head', 'exact', got 'token'$"),
     (dict(thr_q=0), ValueError, r"^thr_q must be a finite number > 0, got 0\.0$"),
     (dict(thr_k=-0.5), ValueError, r"^thr_k must be a finite number > 0, got -0\.5$"),
     (dict(thr_q=math.nan), ValueError, r"thr_q must be a finite number > 0, got nan"),
@@ -286,6 +290,32 @@ def test_sparse_steps_are_counted(tiny_model):
         m.close()
 
 
+def test_exact_selection(tiny_models):
+    """select="exact" attends each head's true top budget by q.k: sparse steps, deterministic, not the code
+    selection's tokens, and the same as a rerank whose pool holds every cell (the pool exact builds)."""
+    import numpy as np
+
+    def run(**kw):
+        m = Llama(str(tiny_models / "gqa4-d64.gguf"), n_ctx=256, verbose=False, budget=8, **kw)
+        try:
+            logits = []
+            toks = m.tokenize(PROMPT.encode(), add_bos=True, special=True)
+            m.eval(toks[:-1])
+            for t in toks[-1:] + toks[:16]:  # decode steps at 80+ tokens of context: sparse
+                m.eval([t])
+                logits.append(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(m.ctx, -1),
+                                                    shape=(m.n_vocab(),)).copy())
+            assert m.adamas_unavailable_reason is None and m.adamas_sparse_steps == 17
+            return logits
+        finally:
+            m.close()
+
+    exact = run(select="exact")
+    assert all(np.array_equal(a, b) for a, b in zip(exact, run(select="exact", rerank=4)))  # rerank unused
+    assert all(np.array_equal(a, b) for a, b in zip(exact, run(select="head", rerank=32)))  # 8 x 32 = the cache
+    assert not all(np.array_equal(a, b) for a, b in zip(exact, run(select="head", rerank=1)))
+
+
 def test_budget_covering_the_context_is_exact(tiny_model):
     """Steps whose context fits in the budget stay dense: the same tokens as budget 0, no sparse step."""
     dense = Llama(str(tiny_model), n_ctx=256, verbose=False)
@@ -341,7 +371,7 @@ CLI_BAD = {  # flags: a regex the one-line message must match
     ("--budget", "1e3"): r"argument --budget: invalid integer",
     ("--dense-layers", "-2"): r"argument --dense-layers: -2 is out of range",
     ("--thr-mode", "median"): r"argument --thr-mode: invalid choice: 'median' \(choose from 'rms', 'fixed'\)",
-    ("--select", "token"): r"argument --select: invalid choice: 'token' \(choose from 'group', 'head'\)",
+    ("--select", "token"): r"argument --select: invalid choice: 'token' \(choose from 'group', 'head', 'exact'\)",
     ("--thr-q", "0"): r"argument --thr-q: 0 is out of range: must be > 0",
     ("--thr-k", "-1"): r"argument --thr-k: -1 is out of range: must be > 0",
     ("--thr-q", "nan"): r"argument --thr-q: 'nan' is not a finite number",
@@ -373,7 +403,7 @@ def test_cli_bad_flags_in_process(capsys):
 def test_cli_help_lists_the_adamas_flags():
     flat = " ".join(assert_ok(run_cli("run", "--help")).split())
     for s in ("--budget N", "--dense-layers N", "--thr-mode {rms,fixed}", "--thr-q X", "--thr-k X",
-              "--select {group,head}", "--sink N", "--recent N", "0 = dense attention", "(default: 2)",
+              "--select {group,head,exact}", "--sink N", "--recent N", "0 = dense attention", "(default: 2)",
               "(default: rms)", "(default: head)", "(default: 0.5)", "(default: 1.0)"):
         assert s in flat, s
 
@@ -410,7 +440,7 @@ def test_cli_verbose_reports_params_and_steps(tiny_model):
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
     want = ("adamas_gguf: adamas: budget=16 n_dense=2 thr_mode=fixed thr_q=10 thr_k=10 select=group n_sink=0 "
-            f"n_recent=0 rerank=1 (sparse layers: {TINY_LAYERS - 2})")
+            f"n_recent=0 rerank=4 (sparse layers: {TINY_LAYERS - 2})")
     assert want in lines, r.stderr[-2000:]
     steps = [ln for ln in lines if re.fullmatch(r"adamas_gguf: adamas: \d+ sparse decode steps", ln)]
     assert len(steps) == 1 and int(steps[0].split()[2]) > 0, steps

@@ -263,7 +263,7 @@ def _bad_cases(tmp: Path, tiny_model: Path) -> dict:
         "system without chat": (["run", m, "-sys", "be nice"], 1, "needs --chat"),
         "rerank 0": (["run", m, "--rerank", "0"], 2, "--rerank: 0 is out of range"),
         "sink past budget": (["run", m, "--budget", "16", "--rerank", "4", "--sink", "17"], 2,
-                             "must not exceed the budget"),
+                             "more than --budget 16"),
     }
 
 

@@ -131,6 +131,8 @@ def test_make_configs():
         ("rms", 0.5, 0.5, "head")
     assert (cs[3].params.n_sink, cs[3].params.n_recent, cs[4].params.n_recent) == (4, 4, 16)
     assert [c.label for c in ev.make_configs(AdamasParams(), [8], [])] == ["dense", "default b8"]
+    ex = ev.make_configs(AdamasParams(), [64], ["select=exact"])[1]
+    assert ex.label == "select=exact b64" and ex.params.select == "exact"
     for bad, msg in ((["thr=x"], "not a number"), (["size=3"], "unknown key"), (["sink"], "KEY=VALUE"),
                      (["recent=120%"], "share"), (["sink=10,recent=10"], "must not exceed budget"),
                      (["thr-mode=cubic"], "thr_mode")):

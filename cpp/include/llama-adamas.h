@@ -27,6 +27,10 @@ enum llama_adamas_thr_mode {
 enum llama_adamas_select_mode {
     LLAMA_ADAMAS_SELECT_HEAD  = 0, // one selection per query head
     LLAMA_ADAMAS_SELECT_GROUP = 1, // one selection per KV head, by the sum of its query heads' distances
+    LLAMA_ADAMAS_SELECT_EXACT = 2, // reference: each query head attends its true top budget by exact q.k over
+                                   // every visible cell (equal logits: the better code rank); K is read whole
+                                   // each step, so it is no faster than dense; rerank is not used; CPU (a
+                                   // device that cannot run it turns Adamas off, with the reason)
 };
 
 struct llama_adamas_params {
@@ -35,7 +39,7 @@ struct llama_adamas_params {
     int32_t thr_mode;     // enum llama_adamas_thr_mode
     float   thr_q;        // threshold (FIXED) or RMS factor (RMS) for queries, > 0
     float   thr_k;        // the same for keys, > 0
-    int32_t select_mode;  // enum llama_adamas_select_mode
+    int32_t select_mode;  // enum llama_adamas_select_mode (EXACT: the reference selection)
     int32_t n_sink;       // the first n_sink tokens of the sequence are always kept (inside the budget)
     int32_t n_recent;     // the n_recent most recent tokens are always kept (inside the budget)
     int32_t rerank;       // 1: the budget nearest by code distance; R > 1: the R*budget nearest are a pool
@@ -43,7 +47,8 @@ struct llama_adamas_params {
                           // budget; sink and recent tokens are kept first, inside the budget)
 };
 
-// Defaults: budget 0 (off), n_dense 2, fixed thresholds +-1 for q and k, per-KV-group selection, no sinks.
+// Defaults: budget 0 (off), n_dense 2, RMS thresholds 0.5 (q) and 1.0 (k), per-query-head selection, no sinks
+// or recent tokens, rerank 4 (chosen by measurement: docs/accuracy.md).
 LLAMA_API struct llama_adamas_params llama_adamas_default_params(void);
 
 // Checks p; returns NULL if valid, else a message saying what is wrong (static storage).

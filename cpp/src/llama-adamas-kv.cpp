@@ -39,18 +39,25 @@ static const char * adamas_layer_reason(const llama_hparams & hp, uint32_t il) {
     return nullptr;
 }
 
-// The select and attention of a sparse step: the budget nearest by codes, or (rerank > 1) a pool of
-// rerank*budget of which the exact logits keep the budget. The select ranks the forced cells (sinks, recent
-// tokens) first, so the rerank keeps its first n_sink + n_recent slots whatever their logits.
+// The select and attention of a sparse step: the budget nearest by codes, (rerank > 1) a pool of
+// rerank*budget of which the exact logits keep the budget, or (EXACT, the reference) a pool of every cell of
+// the view (masked ones are -1 slots), so that the exact logits keep each query head's true top budget; the
+// pool is in code rank order, so equal logits keep the better code rank. The select ranks the forced cells
+// (sinks, recent tokens) first, so the rerank keeps its first n_sink + n_recent slots whatever their logits.
 static ggml_tensor * adamas_select_attn(ggml_context * ctx, const llama_adamas_params & p, int32_t budget,
         ggml_tensor * qc, ggml_tensor * kc, ggml_tensor * sel_mask, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
         ggml_tensor * mask, float scale, float softcap, ggml_tensor ** idx_out) {
-    ggml_tensor * idx = ggml_adamas_select(ctx, qc, kc, sel_mask, budget*p.rerank, (ggml_adamas_select_mode) p.select_mode);
+    const bool exact = p.select_mode == LLAMA_ADAMAS_SELECT_EXACT;
+    const int32_t pool = exact ? (int32_t) kc->ne[2] : budget*p.rerank;
+    ggml_tensor * idx = ggml_adamas_select(ctx, qc, kc, sel_mask, pool,
+            exact ? GGML_ADAMAS_SELECT_HEAD : (ggml_adamas_select_mode) p.select_mode);
     if (idx_out) {
         *idx_out = idx;
     }
-    return p.rerank > 1 ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, budget, p.n_sink + p.n_recent)
-                        : ggml_adamas_attn(ctx, q, k, v, mask, idx, scale, softcap);
+    const int32_t n_keep = std::min(budget, pool);
+    return exact || p.rerank > 1
+        ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, n_keep, std::min(n_keep, p.n_sink + p.n_recent))
+        : ggml_adamas_attn(ctx, q, k, v, mask, idx, scale, softcap);
 }
 
 // Why the device holding a layer's cache cannot run the Adamas ops at these parameters (NULL: it can). The
@@ -68,7 +75,8 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
     const int64_t D      = hp.n_embd_head_k(il);
     const int64_t n_head = hp.n_head(il);
     const int64_t n_hkv  = hp.n_head_kv(il);
-    const int64_t n_kv   = 256;
+    // the exact reference's pool is every cell of the view, up to the whole cache
+    const int64_t n_kv   = p.select_mode == LLAMA_ADAMAS_SELECT_EXACT ? std::max<int64_t>(256, c->ne[1]) : 256;
 
     ggml_init_params ip = { 16*ggml_tensor_overhead(), nullptr, /*no_alloc*/ true };
     ggml_context_ptr ctx(ggml_init(ip));
@@ -95,7 +103,8 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
             static thread_local std::string msg;
             msg = std::string(ggml_backend_dev_name(dev)) + " cannot run " + ggml_op_desc(op) + " for this layer (K " +
                   ggml_type_name(k->type) + ", V " + ggml_type_name(v->type) + ", budget " + std::to_string(p.budget) +
-                  (p.rerank > 1 ? ", rerank " + std::to_string(p.rerank) : std::string()) + ")";
+                  (p.select_mode == LLAMA_ADAMAS_SELECT_EXACT ? std::string(", select exact") :
+                   p.rerank > 1 ? ", rerank " + std::to_string(p.rerank) : std::string()) + ")";
             return msg.c_str();
         }
     }

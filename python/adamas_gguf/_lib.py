@@ -88,6 +88,7 @@ LLAMA_ADAMAS_THR_RMS = 1
 # enum llama_adamas_select_mode
 LLAMA_ADAMAS_SELECT_HEAD = 0
 LLAMA_ADAMAS_SELECT_GROUP = 1
+LLAMA_ADAMAS_SELECT_EXACT = 2  # the reference: each head's true top budget by exact q.k (reads all of K)
 
 
 class llama_adamas_params(ctypes.Structure):

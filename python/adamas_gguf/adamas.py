@@ -2,7 +2,7 @@
 by the library itself (llama_adamas_params_check), so that Python never accepts what C would refuse.
 
 The C struct is `struct llama_adamas_params` (llama-adamas.h); here the enums are strings ("rms"/"fixed",
-"group"/"head") and `select_mode` is called `select`.
+"group"/"head"/"exact") and `select_mode` is called `select`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from typing import Any
 from . import _lib
 
 THR_MODES = {"rms": _lib.LLAMA_ADAMAS_THR_RMS, "fixed": _lib.LLAMA_ADAMAS_THR_FIXED}
-SELECT_MODES = {"group": _lib.LLAMA_ADAMAS_SELECT_GROUP, "head": _lib.LLAMA_ADAMAS_SELECT_HEAD}
+SELECT_MODES = {"group": _lib.LLAMA_ADAMAS_SELECT_GROUP, "head": _lib.LLAMA_ADAMAS_SELECT_HEAD,
+                "exact": _lib.LLAMA_ADAMAS_SELECT_EXACT}
 INT32_MAX = 2**31 - 1
 FLOAT_MAX = 3.4028234663852886e38  # the largest finite C float
 
@@ -75,12 +76,15 @@ class AdamasParams:
     thr_q     threshold (fixed) or RMS factor (rms) for queries, > 0
     thr_k     the same for keys, > 0
     select    "group": one token selection per KV head (its query heads' distances summed);
-              "head": one per query head
+              "head": one per query head;
+              "exact": the reference, each query head attends its true top budget by exact q.k over every
+              visible cell (equal logits: the better code rank); it reads all of K every step, so it is no
+              faster than dense; rerank is not used; sink and recent tokens are kept first
     n_sink    the first n_sink tokens of the sequence are always attended (counted in the budget)
     n_recent  the n_recent most recent tokens are always attended (counted in the budget)
-    rerank    1: attend the budget nearest by code distance; R > 1: the R*budget nearest are a pool, and
-              the budget with the highest exact q.k among them are attended (sink and recent tokens are
-              kept first, inside the budget)
+    rerank    1: attend the budget nearest by code distance; R > 1 (default 4): the R*budget nearest are a
+              pool, and the budget with the highest exact q.k among them are attended (sink and recent
+              tokens are kept first, inside the budget)
 
     The defaults are the library's (llama_adamas_default_params(); `AdamasParams.c_defaults()`).
     Construction validates: a bad value raises ValueError (TypeError for a wrong type) naming it. Thresholds
@@ -95,7 +99,7 @@ class AdamasParams:
     select: str = "head"
     n_sink: int = 0
     n_recent: int = 0
-    rerank: int = 1
+    rerank: int = 4
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:

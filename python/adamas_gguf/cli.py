@@ -267,7 +267,9 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
                    help=f"the threshold (or RMS factor) for keys, > 0 (default: {D.thr_k:g})")
     g.add_argument("--select", choices=list(SELECT_MODES), default=D.select,
                    help=f"group = one token selection per KV head (the distances of its query heads "
-                        f"summed); head = one per query head (default: {D.select})")
+                        f"summed); head = one per query head; exact = the reference: each query head's "
+                        f"true top --budget by exact q.k over every cached token (reads all of K, no faster "
+                        f"than dense; --rerank is not used) (default: {D.select})")
     g.add_argument("--sink", type=_int_type(0, INT32_MAX, " tokens"), default=D.n_sink, metavar="N",
                    help=f"always attend the first N tokens of the sequence, inside the budget "
                         f"(default: {D.n_sink})")

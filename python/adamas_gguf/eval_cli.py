@@ -37,8 +37,9 @@ def _common(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="KEY=VAL[,KEY=VAL...]",
                    help="run this variant of the Adamas flags at every budget (repeatable); keys: "
                         "dense-layers, thr-mode, thr-q, thr-k, thr (both), select, sink, recent (a "
-                        "count, or a share of the budget such as 25%%); e.g. "
-                        "--variant thr-mode=rms,thr=0.5,select=head (default: the flags alone)")
+                        "count, or a share of the budget such as 25%%), rerank; e.g. "
+                        "--variant thr-mode=rms,thr=0.5,select=head, or --variant select=exact for the "
+                        "exact top-budget reference (default: the flags alone)")
 
 
 def add_parsers(sub) -> None:

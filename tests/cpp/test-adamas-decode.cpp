@@ -3,7 +3,8 @@
 //   1. parameters: defaults, validation (nothing changes on a bad value), set/get round trip;
 //   2. a budget >= the context gives exactly the dense logits, and no sparse step is counted;
 //   3. a small budget runs sparse steps in every layer from n_dense on (or, for a model Adamas cannot
-//      serve, none, with a reason); with rerank too;
+//      serve, none, with a reason); with rerank too; the exact selection (SELECT_EXACT) is deterministic,
+//      differs from dense and from the code selections, and equals a rerank whose pool covers every cell;
 //   4. two sequences decoded together (unified cache, and one stream per sequence): the short one, whose
 //      visible context fits in the budget, gets the dense result although the step is sparse, so no cell
 //      of the other sequence took its place;
@@ -139,6 +140,10 @@ int main(int argc, char ** argv) {
         llama_adamas_params good = def;
         good.budget = 64; good.thr_q = 0.7f; good.n_sink = 4; good.n_recent = 16;
         CHECK(llama_adamas_set(ctx, &good) == 0, "valid parameters refused");
+        // the exact reference takes any rerank (it does not use it)
+        llama_adamas_params exact = def;
+        exact.budget = 64; exact.select_mode = LLAMA_ADAMAS_SELECT_EXACT; exact.rerank = 8;
+        CHECK(llama_adamas_params_check(&exact) == nullptr, "exact selection refused");
         const llama_adamas_params bads[] = {
             [] { auto p = llama_adamas_default_params(); p.budget = -1;    return p; }(),
             [] { auto p = llama_adamas_default_params(); p.n_dense = -1;   return p; }(),
@@ -151,6 +156,8 @@ int main(int argc, char ** argv) {
             [] { auto p = llama_adamas_default_params(); p.budget = 8; p.n_sink = 4; p.n_recent = 8; return p; }(),
             [] { auto p = llama_adamas_default_params(); p.rerank = 0;     return p; }(),
             [] { auto p = llama_adamas_default_params(); p.budget = 16; p.rerank = 4; p.n_sink = 9; p.n_recent = 8; return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.select_mode = 3; return p; }(),
+            [] { auto p = llama_adamas_default_params(); p.budget = 16; p.select_mode = LLAMA_ADAMAS_SELECT_EXACT; p.n_sink = 9; p.n_recent = 8; return p; }(),
         };
         for (const auto & b : bads) {
             CHECK(llama_adamas_params_check(&b) != nullptr, "bad parameters accepted");
@@ -204,7 +211,7 @@ int main(int argc, char ** argv) {
 
     // ---- 3. a small budget is sparse ----
     {
-        llama_adamas_params p = def; p.budget = 32;
+        llama_adamas_params p = def; p.budget = 32; p.rerank = 1;
         int64_t steps = -1;
         const std::vector<float> sparse = run(GGML_TYPE_F16, p, &steps);
         CHECK(steps == (servable ? n_gen : 0), "%lld sparse steps, expected %d", (long long) steps, servable ? n_gen : 0);
@@ -240,6 +247,45 @@ int main(int argc, char ** argv) {
         }
         printf("budget 32, rerank 4: %s, logits vs dense: max rel diff %.3g\n", on_r ? "sparse" : why_r ? why_r : "dense",
                max_rel_diff(rr, dense));
+
+        // exact: each head's true top 32 by q.k over all ~300 visible cells. Its pool is every cell of the view in
+        // code rank order, the pool a rerank of 32 x 32 (>= the 1024 cells of the cache) also has, so the two
+        // must agree bitwise; and a second run must repeat it bitwise (the select and the threshold are exact)
+        auto run_ctx = [&](const llama_adamas_params & ap, int64_t * steps, const char ** why) {
+            llama_context * ctx = R.make(1024, 1, true, GGML_TYPE_F16, ap);
+            *why = llama_adamas_unavailable_reason(ctx);
+            std::vector<float> l;
+            R.eval(ctx, prompt, 0, 0, &l);
+            std::vector<float> all = R.cont(ctx, l, n_prompt, n_gen);
+            *steps = llama_adamas_n_sparse_steps(ctx);
+            llama_free(ctx);
+            return all;
+        };
+        llama_adamas_params pe = p; pe.select_mode = LLAMA_ADAMAS_SELECT_EXACT; pe.rerank = 1;
+        int64_t steps_e = -1, steps_e2 = -1, steps_w = -1;
+        const char * why_e = nullptr, * why_w = nullptr;
+        const std::vector<float> ex  = run_ctx(pe, &steps_e, &why_e);
+        const std::vector<float> ex2 = run_ctx(pe, &steps_e2, &why_e);
+        llama_adamas_params pw = p; pw.rerank = 32; // 32 x 32 = the whole cache
+        const std::vector<float> wide = run_ctx(pw, &steps_w, &why_w);
+        const bool on_e = servable && why_e == nullptr;
+        CHECK(ex == ex2, "exact selection is not deterministic (max rel diff %g)", max_rel_diff(ex, ex2));
+        CHECK(steps_e == (on_e ? steps : 0), "exact: %lld sparse steps, plain %lld", (long long) steps_e, (long long) steps);
+        bool finite_e = true;
+        for (float x : ex) finite_e &= std::isfinite(x);
+        CHECK(finite_e, "non-finite logits with the exact selection");
+        if (on_e) {
+            CHECK(ex != dense, "exact top 32 of ~300 cells gave exactly the dense logits");
+            CHECK(ex != sparse, "exact top 32 gave exactly the logits of the code selection");
+            CHECK(!on_r || ex != rr, "exact top 32 gave exactly the logits of rerank 4");
+            if (why_w == nullptr) {
+                CHECK(ex == wide, "exact differs from a rerank pool covering every cell (max rel diff %g)", max_rel_diff(ex, wide));
+            }
+        } else {
+            CHECK(ex == dense, "exact off (%s) but the logits are not dense", why_e ? why_e : "model not served");
+        }
+        printf("budget 32, exact: %s, logits vs dense: max rel diff %.3g (code selection %.3g, rerank 4 %.3g)\n",
+               on_e ? "sparse" : why_e ? why_e : "dense", max_rel_diff(ex, dense), max_rel_diff(sparse, dense), max_rel_diff(rr, dense));
 
         // rerank with 4 sinks and 8 recent tokens: kept first, inside the budget (the op's scalar reference checks
         // which cells; here: still sparse, other logits than without them, deterministic)
