@@ -307,9 +307,10 @@ def test_unavailable_default_model(tmp_path):
 
 
 def _long_run(model: Path) -> subprocess.Popen:
-    # greedy on a random model with a large context: thousands of tokens, several seconds
+    # greedy on a random model with a large context: thousands of tokens, several seconds (a 32K context, so
+    # that a loaded machine cannot finish the run before the test reads its first bytes and signals it)
     return subprocess.Popen([sys.executable, "-m", "adamas_gguf", "run", str(model), "-p", "hi", "-n", "-1",
-                             "-c", "4096", "--temp", "0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             "-c", "32768", "--temp", "0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=cli_env())
 
 
