@@ -13,7 +13,9 @@ import collections
 import ctypes
 import math
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 PROG = "adamas_gguf"
@@ -405,11 +407,24 @@ def _install_log(verbose: bool) -> None:
             _log_state["error"] = level == GGML_LOG_LEVEL_ERROR
             if _log_state["error"]:
                 _log_errors.append(s)
-        except KeyboardInterrupt:  # Ctrl-C while in the callback: deliver it once back in Python
-            _thread.interrupt_main()
         except Exception:  # an exception must not cross into C
             pass
 
+    def on_sigint(_signum, frame):
+        # ctypes prints and drops an exception raised in a callback, so a Ctrl-C that lands in the log
+        # callback (checked at its first instruction, before any try) would be lost: hand it on until
+        # Python code outside the callback runs.
+        f = frame
+        while f is not None:
+            if f.f_code is log.__code__:
+                _thread.interrupt_main()
+                return
+            f = f.f_back
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
     cb = llama_cpp.llama_log_callback(log)
     _log_state["callback"] = cb  # keep it alive as long as llama.cpp may call it
     llama_cpp.llama_log_set(cb, ctypes.c_void_p(0))
