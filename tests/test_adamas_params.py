@@ -20,6 +20,7 @@ import adamas_gguf
 import llama_cpp
 from adamas_gguf import AdamasParams, Llama, _lib
 from adamas_gguf import cli as cli_mod
+from adamas_gguf.cli import base as cli_base
 from adamas_gguf import llama as llama_mod
 from adamas_gguf.gguf_check import GGUFError
 
@@ -63,7 +64,7 @@ def test_defaults_agree_with_library():
     for f in ("budget", "n_dense", "thr_mode", "thr_q", "thr_k", "select", "n_sink", "n_recent", "rerank"):
         assert sig[f].default == getattr(AdamasParams(), f), f
     args = cli_mod.build_parser().parse_args(["run"])
-    assert cli_mod.adamas_params(args, cli_mod.build_parser()) == AdamasParams()
+    assert cli_base.adamas_params(args, cli_mod.build_parser()) == AdamasParams()
 
 
 def test_c_round_trip():
@@ -416,7 +417,7 @@ def _cli_text(llm, tokens: list[int]) -> str:
     for t in tokens:
         if llama_cpp.llama_vocab_is_eog(vocab, t):
             break
-        pieces.append(cli_mod.token_piece(llama_cpp, vocab, t))
+        pieces.append(cli_base.token_piece(llama_cpp, vocab, t))
     return b"".join(pieces).decode("utf-8", errors="replace")
 
 

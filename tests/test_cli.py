@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from adamas_gguf import cli as cli_mod
+from adamas_gguf.cli import base as cli_base
 from adamas_gguf import models
 
 from conftest import N_CTX, TINY_SHAPES, cli_env, run_cli
@@ -63,7 +64,7 @@ def test_run_help_describes_every_flag():
     for flag in RUN_FLAGS:
         assert flag in tokens, f"{flag} is not in `run --help`"
     # and nothing the parser accepts is left out of the list above (or of the help)
-    run = next(a for a in cli_mod.build_parser()._subparsers._group_actions[0].choices.values())
+    run = cli_mod.build_parser()._subparsers._group_actions[0].choices["run"]
     for action in run._actions:
         for opt in action.option_strings:
             assert opt in RUN_FLAGS, f"{opt} is new: add it to RUN_FLAGS"
@@ -84,6 +85,28 @@ def test_console_script():
     assert exe.is_file(), f"{exe}: the console script is not installed"
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert r.returncode == 0 and "usage: adamas_gguf" in r.stdout, r.stderr
+
+
+def test_cli_modules_use_no_private_names_of_each_other():
+    # one module per command over a shared base: a module that reached into a sibling's private helpers
+    # would tie the commands together again (as cli.py and eval_cli.py once were)
+    import ast
+    folder = Path(cli_mod.__file__).parent
+    modules = {f.stem for f in folder.glob("*.py")}
+    assert {"base", "run", "eval", "bench"} <= modules and set(cli_mod.COMMANDS) <= modules
+    for f in sorted(folder.glob("*.py")):
+        tree = ast.parse(f.read_text(), str(f))
+        siblings = set()  # names bound to sibling modules in this file
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                for a in node.names:
+                    if node.module is None:
+                        siblings.add(a.asname or a.name)
+                    assert not a.name.startswith("_"), f"{f.name} imports {node.module}.{a.name}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                    node.value.id in siblings:
+                assert not node.attr.startswith("_"), f"{f.name} uses {node.value.id}.{node.attr}"
 
 
 def test_main_in_process(capsys):
@@ -191,7 +214,7 @@ def test_random_bytes_do_not_break_the_stream(tiny_models):
 
 
 def test_text_stream():
-    ts = cli_mod.TextStream()
+    ts = cli_base.TextStream()
     e = "é".encode()
     assert ts.feed(b"a" + e[:1]) == "a"  # the first byte of é is held back...
     assert ts.feed(e[1:] + b"b") == "éb"  # ...until the character is complete
@@ -323,7 +346,7 @@ def test_stdout_closed_early(tiny_model):
         rc = p.wait(timeout=120)
     finally:
         p.kill()
-    assert rc == cli_mod.EXIT_BROKEN_PIPE, (rc, err)
+    assert rc == cli_base.EXIT_BROKEN_PIPE, (rc, err)
     assert err == "", err
 
 

@@ -3,6 +3,7 @@ independent computation, budgets covering the context giving dense exactly), the
 one-line errors. Real numbers on SmolLM2 at short contexts; file and error checks on the tiny models."""
 from __future__ import annotations
 
+import gzip
 import json
 import math
 
@@ -186,8 +187,15 @@ def test_eval_ppl_command_writes_its_files(tiny_model, tmp_path):
     data = json.loads(_files(out)[1].read_text())
     runs = data["runs"]
     assert [x["budget"] for x in runs] == [0, 16, 4096] and data["meta"]["n_tokens"] == 200
-    assert all(len(x["nll"]) == 199 for x in runs)
     assert runs[2]["ppl"] == runs[0]["ppl"] and runs[1]["sparse_steps"] == 199 - 16
+    # the per-token NLLs are kept apart, compressed; they give back each run's perplexity
+    assert all("nll" not in x for x in runs)
+    with gzip.open(out.with_name("ppl.nll.json.gz"), "rt") as f:
+        per_token = json.load(f)
+    assert per_token["config"] == [x["config"] for x in runs]
+    assert [len(x) for x in per_token["nll"]] == [199] * 3
+    for x, nll in zip(runs, per_token["nll"]):
+        assert math.isclose(math.exp(sum(nll) / len(nll)), x["ppl"], rel_tol=1e-5)
     assert _files(out)[2].exists() and "[" not in r.stderr  # -q: no progress
 
 

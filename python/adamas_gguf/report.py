@@ -22,7 +22,38 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: Opt
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
+    """Indented, but a list or object of plain values, or any that fits in 100 characters, stays on one
+    line: a result file of many short records reads (and diffs) as one record a line."""
+    path.write_text(_dumps(json.loads(json.dumps(data, default=_jsonable)), "") + "\n")
+
+
+def _dumps(x, indent: str) -> str:
+    def plain(v) -> bool:
+        return not isinstance(v, (dict, list)) or not v
+    one = json.dumps(x)
+    if isinstance(x, (dict, list)) and len(one) > 100 and \
+            not all(map(plain, x.values() if isinstance(x, dict) else x)):
+        inner = indent + " "
+        if isinstance(x, dict):
+            items = [f"{inner}{json.dumps(k)}: {_dumps(v, inner)}" for k, v in x.items()]
+            return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+        return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in x) + "\n" + indent + "]"
+    return one
+
+
+def write_json_gz(path: Path, data: dict) -> None:
+    """Compact JSON, gzip-compressed: the per-token data behind a result (see ppl_split)."""
+    import gzip
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        json.dump(data, f, default=_jsonable, separators=(",", ":"))
+
+
+def ppl_split(runs: list) -> tuple:
+    """(the runs without their per-token NLLs, {"config": [...], "nll": [[...], ...]}): the summary goes
+    into PREFIX.json, the NLLs (thousands of numbers a run) into PREFIX.nll.json.gz."""
+    summary = [{k: v for k, v in r.items() if k != "nll"} for r in runs]
+    return summary, {"config": [r["config"] for r in runs],
+                     "nll": [[round(float(v), 6) for v in r["nll"]] for r in runs]}
 
 
 def _jsonable(x):
