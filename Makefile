@@ -20,7 +20,7 @@ all: install
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install "llama-cpp-python==0.3.36" "scikit-build-core>=0.10" "cmake>=3.21" ninja "gguf>=0.10" "numpy>=1.20" "pytest>=7.4" "matplotlib>=3.5"
+	$(PIP) install "llama-cpp-python[server]==0.3.36" "scikit-build-core>=0.10" "cmake>=3.21" ninja "gguf>=0.10" "numpy>=1.20" "pytest>=7.4" "matplotlib>=3.5" "openai>=1.0"
 	touch $@
 
 deps: $(VENV)/.deps

@@ -1,6 +1,6 @@
 """Command line: `python -m adamas_gguf COMMAND ...` (also installed as `adamas-gguf`).
 
-One module per command: run.py, eval.py, bench.py, each with `add_parser(subparsers)` and
+One module per command: run.py, eval.py, bench.py, serve.py, each with `add_parser(subparsers)` and
 `main(args, parser) -> exit code`, all over base.py (errors, flag types, the model and Adamas flags, model
 loading, output); eval and bench also share measure.py. No module uses another's private names. This file
 builds the parser and turns what a command raises into one line on stderr and an exit code.
@@ -11,10 +11,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import base, bench, eval as eval_command, run
+from . import base, bench, eval as eval_command, run, serve
 from .base import PROG, UserError
 
-COMMANDS = {"run": run, "eval": eval_command, "bench": bench}
+COMMANDS = {"run": run, "eval": eval_command, "bench": bench, "serve": serve}
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
