@@ -50,6 +50,7 @@ examples (docs/accuracy.md, section 5; each --append adds to the same JSON and .
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -395,8 +396,8 @@ def main(argv=None):
                     help="run every configuration once per seed: 0 as is (the default), S > 0 with the input "
                          "embeddings perturbed by 1e-6 relative; the spread is the arithmetic noise of a result")
     ap.add_argument("--f32", action="store_true", help="plain float32 arithmetic (no Q8/F16 emulation)")
-    ap.add_argument("-o", "--output", help="JSON file for the results (per-token NLLs included); the table "
-                                          "goes to the same name with .md")
+    ap.add_argument("-o", "--output", help="JSON file for the results; the per-token NLLs go to the same name "
+                                          "with .nll.json.gz, the table with .md")
     ap.add_argument("--append", action="store_true",
                     help="add the runs to those already in --output (the first dense run is the reference)")
     args = ap.parse_args(argv)
@@ -471,8 +472,19 @@ def main(argv=None):
     print("\n" + report, end="")
     print(f"\n{T} tokens, {time.monotonic() - t_start:.0f} s", file=sys.stderr)
     if args.output:
+        # the summary in the JSON; the per-token NLLs (thousands a run) apart, compressed, next to it
+        # (runs appended from an earlier file keep theirs only where that file's .nll.json.gz is here)
+        nll_path = os.path.splitext(args.output)[0] + ".nll.json.gz"
+        old_nll = []
+        if args.append and os.path.exists(nll_path):
+            with gzip.open(nll_path, "rt") as f:
+                old_nll = json.load(f)["nll"]
+        nll = [r.pop("nll") if "nll" in r else (old_nll[i] if i < len(old_nll) else None)
+               for i, r in enumerate(runs)]
         with open(args.output, "w") as f:
-            json.dump(dict(meta=meta, runs=runs), f)
+            json.dump(dict(meta=meta, runs=runs), f, indent=1)
+        with gzip.open(nll_path, "wt") as f:
+            json.dump(dict(nll=nll), f, separators=(",", ":"))
         with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
             f.write(report)
 
