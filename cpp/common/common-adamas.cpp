@@ -165,7 +165,12 @@ void common_adamas_apply(llama_context * lctx, const common_params & params) {
         return;
     }
     if (const char * why = llama_adamas_unavailable_reason(lctx)) {
-        LOG_WRN("adamas: off for this model (%s): decoding dense\n", why);
+        // Said once: for a KV cache the library itself logs the reason at the first graph with the budget (the
+        // warm-up run); a recurrent or hybrid model's memory never gets there, so it is said here.
+        const llama_model * model = llama_get_model(lctx);
+        if (llama_model_is_recurrent(model) || llama_model_is_hybrid(model)) {
+            LOG_WRN("adamas: Adamas off for this model (%s): it decodes dense\n", why);
+        }
         return;
     }
     LOG_INF("adamas: budget %d, %d dense layers, %d sparse layers, rerank %d, select %s, thr %s q %g k %g, "
