@@ -2,6 +2,7 @@
 #   make run    build and install into .venv, then generate with the default model (SmolLM2-135M)
 #   make test   build (with the C++ tests) and install into .venv, then run every test
 #   make cuda   the same install with the CUDA backend (-DGGML_CUDA=ON)
+#   make server the install with llama-server (upstream's, with the --adamas-* flags): .venv/bin/llama-server
 #   V=1         show the build log (make install V=1)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +16,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # The build log (upstream's many GCC warnings included) shows with `make install V=1`.
 INSTALL := $(PIP) install $(if $(V),-v) --no-build-isolation -Ccmake.define.ADAMAS_BUILD_TESTS=ON
 
-.PHONY: deps install cuda run test clean
+.PHONY: deps install cuda server run test clean
 all: install
 
 $(VENV)/.deps: pyproject.toml
@@ -31,10 +32,15 @@ install: deps
 cuda: deps
 	$(INSTALL) -Ccmake.define.GGML_CUDA=ON .
 
+# CMake keeps the option in the build tree: a later `make install` there still builds the server
+server: deps
+	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_SERVER=ON .
+
 run: install
 	$(PY) -m adamas_gguf run -p "$(PROMPT)" -n 32 --temp 0
 
-test: install
+# with llama-server, which tests/test_server.py starts
+test: server
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -8,7 +8,8 @@ committed to this repository: the build calls `prepare`, which
      or takes the archive or tree named by $ADAMAS_UPSTREAM and checks its content digest;
   2. extracts `vendor/llama.cpp` (less the folders no build needs: see EXCLUDE) into a staging tree;
   3. copies our own source files in (ggml_adamas/{src,include} -> ggml/{src,include},
-     cpp/{src,include} -> {src,include}); they may add files, never replace upstream ones;
+     cpp/{src,include,common,tools} -> {src,include,common,tools}); they may add files, never replace
+     upstream ones;
   4. applies our numbered patches (ggml_adamas/patches, cpp/patches) in the order of their numbers;
   5. syncs the staging tree into the destination by content, so that an incremental build recompiles
      only what changed.
@@ -62,7 +63,8 @@ _cache = _load_cache_module()
 cache_dir, sha256_file = _cache.cache_dir, _cache.sha256_file
 
 OVERLAYS = (("ggml_adamas/src", "ggml/src"), ("ggml_adamas/include", "ggml/include"),
-            ("ggml_adamas/tests", "tests"), ("cpp/src", "src"), ("cpp/include", "include"))
+            ("ggml_adamas/tests", "tests"), ("cpp/src", "src"), ("cpp/include", "include"),
+            ("cpp/common", "common"), ("cpp/tools", "tools"))
 PATCH_DIRS = ("ggml_adamas/patches", "cpp/patches")
 PATCH_RE = re.compile(r"^(\d{4})-[A-Za-z0-9_.-]+\.patch$")
 STAMP = ".adamas-stamp.json"

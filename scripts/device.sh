@@ -7,13 +7,18 @@
 #   scripts/device.sh kernels   there: the standalone kernel harness (seconds to build): checks against scalar
 #                               references, compute-sanitizer (memcheck, racecheck), kernel times, the distance
 #                               kernel's ablation (SWEEP=1: also the sweep its plan comes from)
-#   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90)
+#   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90; SERVER=1:
+#                               with llama-server, for `load`)
 #   scripts/device.sh test      there: CTest (CPU and CUDA decode tests, test-backend-ops on every Adamas case)
 #   scripts/device.sh perf      there: test-backend-ops perf of the Adamas ops and of upstream flash attention
 #   scripts/device.sh passkey   there: SmolLM2 passkey answers on CPU and GPU (model: $ADAMAS_MODEL, or the
 #                               parts .device/m1/smol.part.aa + .device/m2/smol.part.ab joined, sent in two calls)
 #   scripts/device.sh e2e       there: random 7B MHA / 8B GQA Q4_0 models, decode t/s at depth, dense vs budgets
 #                               (and depth 512 with budget 1024: within the budget)
+#   scripts/device.sh multi     there: N sequences decoding together (bench-adamas-decode -np), aggregate t/s,
+#                               dense vs budgets; CASE picks one case (see below), each fits one call
+#   scripts/device.sh load      there: scripts/load_test.py, llama-server with 8 slots, 8 clients, dense vs 64
+#                               (needs `SERVER=1 scripts/device.sh build`); LOAD_MODEL 7b (q8_0 cache) or 8b
 #
 # Logs go to $OUT when it is set (the device tool brings that folder back).
 set -euo pipefail
@@ -51,7 +56,8 @@ build)
     export ADAMAS_UPSTREAM="$PWD/$BUNDLE/upstream.tar.xz" ADAMAS_GGUF_CACHE=/tmp/adamas-cache
     export CMAKE_ARGS="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHS:-90}"
     /usr/bin/time -f "build wall %e s" $PY -m pip install -v --no-index --no-build-isolation --no-deps \
-        -Ccmake.define.ADAMAS_BUILD_TESTS=ON -Cbuild-dir=$BUILD . > "$LOG/build.log" 2>&1 \
+        -Ccmake.define.ADAMAS_BUILD_TESTS=ON -Ccmake.define.ADAMAS_BUILD_SERVER=$([ -n "${SERVER:-}" ] && echo ON || echo OFF) \
+        -Cbuild-dir=$BUILD . > "$LOG/build.log" 2>&1 \
         || { tail -50 "$LOG/build.log"; exit 1; }
     tail -3 "$LOG/build.log"
     ;;
@@ -100,6 +106,38 @@ e2e)
     $B -m /tmp/r7b.gguf -d ${D7:-8192,32768,65536} -b ${BUDGETS:-0,64,256} -n 64 -r 3 --rerank $R | tee -a "$LOG/e2e.md"
     $B -m /tmp/r8b.gguf -d ${D8:-32768,131072} -b ${BUDGETS:-0,64,256} -n 64 -r 3 --rerank $R | tee -a "$LOG/e2e.md"
     ;;
+multi)
+    # issue 16 item 3: f16 KV, the default selection; -n 16 decode steps of all N sequences, 3 rounds
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
+    [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
+    B="$BUILD/tests/cpp/bench-adamas-decode -n 16 -r 3"
+    case "${CASE:-7b}" in
+    7b)      $B -m /tmp/r7b.gguf -d 32768 -np 4 -b 0,64,256 ;;          # per-sequence caches
+    7b-kvu)  $B -m /tmp/r7b.gguf -d 32768 -np 4 -b 0,64,256 -kvu ;;     # one unified cache
+    7b-mix)  $B -m /tmp/r7b.gguf -d 32768 -np 4 -b 0,64 --mixed 1 --chunk 512 ;; # 3 decode, 1 prefills
+    8b)      $B -m /tmp/r8b.gguf -d 32768 -np 8 -b 0,64,256 ;;
+    8b-128k) $B -m /tmp/r8b.gguf -d 131072 -np 4 -b 0,64,256 ;;
+    8b-8k)   $B -m /tmp/r8b.gguf -d 8192 -np 16 -b 0,64,256 ;;
+    within)  $B -m /tmp/r8b.gguf -d 512 -np 8 -b 0,1024 -r 5 ;;         # every sequence within the budget
+    *) echo "CASE: 7b 7b-kvu 7b-mix 8b 8b-128k 8b-8k within"; exit 2 ;;
+    esac 2>&1 | tee -a "$LOG/multi-${CASE:-7b}.md"
+    ;;
+load)
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    SRV=$($PY -c "import adamas_gguf._build_info as b, pathlib; print(pathlib.Path(b.__file__).parent / 'bin/llama-server')")
+    if [ "${LOAD_MODEL:-7b}" = 7b ]; then
+        [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
+        # 8 x 32K of f16 K and V is 128 GiB for the 7B MHA: a q8_0 cache (68 GiB) fits beside the weights
+        M=/tmp/r7b.gguf; X="--server-arg=-ctk --server-arg=q8_0 --server-arg=-ctv --server-arg=q8_0"
+    else
+        [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
+        M=/tmp/r8b.gguf; X=""
+    fi
+    $PY scripts/load_test.py -m $M --server "$SRV" -np 8 --clients 8 --prompt-tokens ${PROMPT_TOKENS:-32000} \
+        --slot-ctx 32768 -n ${NPRED:-128} -ngl 99 --budgets 0,64 --logs "$LOG" --json "$LOG/load-${LOAD_MODEL:-7b}.json" $X \
+        ${CHECK:+--check-dense} 2>&1 | tee -a "$LOG/load-${LOAD_MODEL:-7b}.md"
+    ;;
 *)
-    sed -n 2,16p "$0"; exit 2 ;;
+    sed -n 2,21p "$0"; exit 2 ;;
 esac

@@ -6,10 +6,17 @@
 // round starts from the same cache. CUDA graph messages (ggml's debug log) are counted to show that graphs
 // are captured and replayed with Adamas on.
 //
+// Several users at once: with -np N, N sequences are each prefilled to the depth and decode together, one token
+// each per step (the way llama-server's slots decode); t/s is then the aggregate over the N sequences. -kvu
+// puts them in one unified KV cache (upstream's kv_unified) instead of one cache stream per sequence.
+// --mixed P: the last P of the N sequences prefill while the others decode: each step carries one token of
+// every decoding sequence and a --chunk C prompt chunk of every prefilling one (llama-server's batching under
+// mixed load); t/s counts the decoded tokens only, the prefilling sequences start empty in every round.
+//
 // usage: bench-adamas-decode -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head]
-//        [--rerank 1,4]
+//        [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32]
 // (the other Adamas parameters are the library defaults; --select and --rerank default to the library's too;
-// every budget > 0 runs with every --rerank value)
+// every budget > 0 runs with every --rerank value, every depth with every -np value)
 #include "llama.h"
 #include "llama-adamas.h"
 
@@ -50,13 +57,33 @@ static std::vector<long> parse_list(const char * s) {
     return v;
 }
 
-static bool decode_tokens(llama_context * ctx, const std::vector<llama_token> & toks, int pos0, bool last_logits) {
+static bool decode_tokens(llama_context * ctx, const std::vector<llama_token> & toks, int pos0, bool last_logits, llama_seq_id seq = 0) {
     llama_batch b = llama_batch_init((int) toks.size(), 0, 1);
     for (size_t i = 0; i < toks.size(); i++) {
-        b.token[i] = toks[i]; b.pos[i] = pos0 + (int) i; b.n_seq_id[i] = 1; b.seq_id[i][0] = 0;
+        b.token[i] = toks[i]; b.pos[i] = pos0 + (int) i; b.n_seq_id[i] = 1; b.seq_id[i][0] = seq;
         b.logits[i] = last_logits && i + 1 == toks.size();
     }
     b.n_tokens = (int) toks.size();
+    const int rc = llama_decode(ctx, b);
+    llama_batch_free(b);
+    return rc == 0;
+}
+
+// One step of all sequences: a token of each of the n_dec decoding ones (sequences 0..n_dec-1, at pos_dec),
+// and `chunk` prompt tokens of each prefilling one (sequences n_dec.., at pos_pre). The logits of every
+// decode token and of each chunk's last token are asked for, as llama-server does.
+static bool decode_step(llama_context * ctx, std::mt19937 & rng, int n_vocab, int n_dec, int pos_dec, int n_pre, int pos_pre, int chunk) {
+    llama_batch b = llama_batch_init(n_dec + n_pre*chunk, 0, 1);
+    int n = 0;
+    auto add = [&](llama_seq_id s, int pos, bool logits) {
+        b.token[n] = (llama_token) (rng() % n_vocab); b.pos[n] = pos; b.n_seq_id[n] = 1; b.seq_id[n][0] = s; b.logits[n] = logits;
+        n++;
+    };
+    for (int s = 0; s < n_dec; s++) add(s, pos_dec, true);
+    for (int s = 0; s < n_pre; s++) {
+        for (int i = 0; i < chunk; i++) add(n_dec + s, pos_pre + i, i + 1 == chunk);
+    }
+    b.n_tokens = n;
     const int rc = llama_decode(ctx, b);
     llama_batch_free(b);
     return rc == 0;
@@ -68,6 +95,9 @@ int main(int argc, char ** argv) {
     int n_gen = 64, reps = 3, ngl = 99, n_batch = 2048, n_ubatch = 512;
     int select = llama_adamas_default_params().select_mode; // the library's default unless --select says
     std::vector<long> reranks = { llama_adamas_default_params().rerank };
+    std::vector<long> nps = { 1 };
+    bool kvu = false;
+    int n_mixed = 0, chunk = 32;
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         auto next = [&]() { if (i + 1 >= argc) { fprintf(stderr, "%s needs a value\n", a.c_str()); exit(2); } return argv[++i]; };
@@ -79,9 +109,18 @@ int main(int argc, char ** argv) {
         else if (a == "-ngl") ngl = atoi(next());
         else if (a == "--select") select = std::string(next()) == "head" ? LLAMA_ADAMAS_SELECT_HEAD : LLAMA_ADAMAS_SELECT_GROUP;
         else if (a == "--rerank") reranks = parse_list(next());
-        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4]\n", argv[0]); return 2; }
+        else if (a == "-np") nps = parse_list(next());
+        else if (a == "-kvu") kvu = true;
+        else if (a == "--mixed") n_mixed = atoi(next());
+        else if (a == "--chunk") chunk = atoi(next());
+        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32]\n", argv[0]); return 2; }
     }
     if (model.empty() || n_gen <= 0 || reps <= 0) { fprintf(stderr, "-m MODEL is required; -n and -r must be > 0\n"); return 2; }
+    for (long np : nps) {
+        if (np < 1 || np > 256) { fprintf(stderr, "-np values must be from 1 to 256\n"); return 2; }
+        if (n_mixed < 0 || n_mixed >= np) { fprintf(stderr, "--mixed P needs 0 <= P < every -np value (some sequences must decode)\n"); return 2; }
+    }
+    if (chunk < 1) { fprintf(stderr, "--chunk must be >= 1\n"); return 2; }
     for (long r : reranks) {
         if (r < 1) { fprintf(stderr, "--rerank values must be >= 1\n"); return 2; }
     }
@@ -108,19 +147,28 @@ int main(int argc, char ** argv) {
     long b_max = 0;
     for (long b : budgets) b_max = std::max(b_max, b);
 
-    printf("select mode: %s\n", select == LLAMA_ADAMAS_SELECT_HEAD ? "head" : "group");
-    printf("| model | depth | budget | rerank | t/s (tg%d) | sd | ratio vs dense | sparse steps |\n|---|---:|---:|---:|---:|---:|---:|---:|\n", n_gen);
+    printf("select mode: %s, KV cache: %s%s\n", select == LLAMA_ADAMAS_SELECT_HEAD ? "head" : "group",
+           kvu ? "unified" : "one stream per sequence",
+           n_mixed ? (", mixed load: " + std::to_string(n_mixed) + " sequence(s) prefill " + std::to_string(chunk) +
+                      "-token chunks while the others decode (t/s: decoded tokens)").c_str() : "");
+    printf("| model | depth | seqs x depth | budget | rerank | t/s (tg%d) | sd | ratio vs dense | sparse steps |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", n_gen);
     std::mt19937 rng(42);
-    for (long depth : depths) {
+    for (long depth : depths) for (long np : nps) {
+        const int n_dec = (int) np - n_mixed; // sequences that decode
+        const int n_pre = n_mixed;            // sequences that prefill meanwhile
+        // per sequence: the depth, the decoded tokens and warm-up, or the chunks a prefilling one gets
+        const long n_seq_ctx = std::max<long>(depth + n_gen + 4, (long) (n_gen + 3)*chunk*(n_pre > 0));
         llama_context_params cp = llama_context_default_params();
-        cp.n_ctx = (uint32_t) ((depth + n_gen + 4 + 255)/256*256);
-        cp.n_batch = n_batch;
-        cp.n_ubatch = n_ubatch;
+        cp.n_ctx = (uint32_t) (np*((n_seq_ctx + 255)/256*256));
+        cp.n_batch = std::max(n_batch, n_dec + n_pre*chunk);
+        cp.n_ubatch = std::max(n_ubatch, n_dec + n_pre*chunk); // a step is one ubatch, as a decode step in llama-server
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
-        cp.n_seq_max = 1;
+        cp.n_seq_max = (uint32_t) np;
+        cp.kv_unified = kvu;
         cp.no_perf = true;
         llama_context * ctx = llama_init_from_model(mdl, cp);
         if (!ctx) { fprintf(stderr, "cannot create a context of %u\n", cp.n_ctx); return 1; }
+        llama_memory_t mem = llama_get_memory(ctx);
 
         llama_adamas_params ap = llama_adamas_default_params();
         ap.select_mode = select;
@@ -128,16 +176,24 @@ int main(int argc, char ** argv) {
         ap.rerank = (int32_t) reranks[0];
         llama_adamas_set(ctx, &ap);
 
-        std::vector<llama_token> toks(depth);
-        for (auto & t : toks) t = (llama_token) (rng() % n_vocab);
+        // each decoding sequence gets its own random prompt (no shared prefix)
         const auto tp0 = std::chrono::steady_clock::now();
-        for (long p = 0; p < depth; p += n_batch) {
-            std::vector<llama_token> chunk(toks.begin() + p, toks.begin() + std::min<long>(depth, p + n_batch));
-            if (!decode_tokens(ctx, chunk, (int) p, p + n_batch >= depth)) { fprintf(stderr, "prefill failed\n"); return 1; }
+        for (int s = 0; s < n_dec; s++) {
+            std::vector<llama_token> toks(depth);
+            for (auto & t : toks) t = (llama_token) (rng() % n_vocab);
+            for (long p = 0; p < depth; p += n_batch) {
+                std::vector<llama_token> part(toks.begin() + p, toks.begin() + std::min<long>(depth, p + n_batch));
+                if (!decode_tokens(ctx, part, (int) p, p + n_batch >= depth, s)) { fprintf(stderr, "prefill failed\n"); return 1; }
+            }
         }
         llama_synchronize(ctx);
         const double pp_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tp0).count();
-        fprintf(stderr, "depth %ld: prefill %.1f s (%.0f t/s)\n", depth, pp_s, depth/pp_s);
+        fprintf(stderr, "%d x depth %ld: prefill %.1f s (%.0f t/s)\n", n_dec, depth, pp_s, n_dec*depth/pp_s);
+        // back to the prefilled cache: the decoded tokens of the decoding sequences, all of the prefilling ones
+        auto reset = [&]() {
+            for (int s = 0; s < n_dec; s++) llama_memory_seq_rm(mem, s, (llama_pos) depth, -1);
+            for (int s = n_dec; s < (int) np; s++) llama_memory_seq_rm(mem, s, 0, -1);
+        };
 
         auto order = cfgs;
         std::stable_sort(order.begin(), order.end(), [](const auto & x, const auto & y) { return (x.first > 0) > (y.first > 0); });
@@ -150,21 +206,21 @@ int main(int argc, char ** argv) {
                 ap.rerank = (int32_t) cfg.second;
                 llama_adamas_set(ctx, &ap);
                 // warm-up tokens (graph reserve, CUDA graph capture) are decoded and removed, untimed
-                for (int w = 0; w < 3; w++) decode_tokens(ctx, { (llama_token) (rng() % n_vocab) }, (int) depth + w, true);
+                for (int w = 0; w < 3; w++) decode_step(ctx, rng, n_vocab, n_dec, (int) depth + w, n_pre, w*chunk, chunk);
                 llama_synchronize(ctx);
-                llama_memory_seq_rm(llama_get_memory(ctx), 0, (llama_pos) depth, -1);
+                reset();
                 const long s0 = llama_adamas_n_sparse_steps(ctx);
                 g_counting = b > 0;
                 const auto t0 = std::chrono::steady_clock::now();
                 for (int i = 0; i < n_gen; i++) {
-                    if (!decode_tokens(ctx, { (llama_token) (rng() % n_vocab) }, (int) depth + i, true)) { fprintf(stderr, "decode failed\n"); return 1; }
+                    if (!decode_step(ctx, rng, n_vocab, n_dec, (int) depth + i, n_pre, i*chunk, chunk)) { fprintf(stderr, "decode failed\n"); return 1; }
                 }
                 llama_synchronize(ctx);
                 const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
                 g_counting = false;
                 steps[cfg] += llama_adamas_n_sparse_steps(ctx) - s0;
-                tps[cfg].push_back(n_gen/s);
-                llama_memory_seq_rm(llama_get_memory(ctx), 0, (llama_pos) depth, -1);
+                tps[cfg].push_back((double) n_dec*n_gen/s);
+                reset();
             }
         }
         auto mean_sd = [](const std::vector<double> & v, double & m, double & sd) {
@@ -180,7 +236,9 @@ int main(int argc, char ** argv) {
         for (const auto & cfg : cfgs) {
             const long b = cfg.first;
             double m, sd; mean_sd(tps[cfg], m, sd);
-            printf("| %s | %ld | %ld | %s | %.2f | %.2f | %s | %ld |\n", name, depth, b, b > 0 ? std::to_string(cfg.second).c_str() : "",
+            const std::string load = std::to_string(n_dec) + " x " + std::to_string(depth) +
+                                     (n_pre ? " + " + std::to_string(n_pre) + " prefilling" : "");
+            printf("| %s | %ld | %s | %ld | %s | %.2f | %.2f | %s | %ld |\n", name, depth, load.c_str(), b, b > 0 ? std::to_string(cfg.second).c_str() : "",
                    m, sd, b > 0 && dense > 0 ? (std::to_string(m/dense).substr(0, 5) + "x").c_str() : "", steps[cfg]);
         }
         fflush(stdout);
