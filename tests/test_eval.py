@@ -59,6 +59,31 @@ def test_passkey_dense_finds_the_key_and_budgets_run_sparse(smol):
     assert rows[0]["found"] == 2 and rows[2]["equals_dense"]
 
 
+def test_ruler_dense_answers_and_budgets_run_sparse(smol):
+    # a budget covering the context is dense exactly (same answers); 32 takes the sparse path at every fed
+    # token; the exact top-32 reference runs sparse too. SmolLM2 finds a single needle at 1K densely.
+    configs = ev.make_configs(AdamasParams(), [32, 2048], ["select=head", "select=exact"])
+    tasks = ["niah_single_1", "vt"]
+    res = ev.run_ruler(ev.Runner(smol), configs, tasks, [1000], 1, seed=5)["results"]
+    assert len(res) == len(tasks) * len(configs)
+    dense = {r["task"]: r for r in res if r["budget"] == 0}
+    assert dense["niah_single_1"]["score"] == 1.0, dense
+    for r in res:
+        assert r["n_tokens"] <= 1000 and r["n_tail"] > 30
+        if r["budget"] == 32:
+            assert r["sparse_steps"] >= r["n_tail"], r
+        if r["budget"] == 2048:
+            assert r["sparse_steps"] == 0 and r["answer"] == dense[r["task"]]["answer"], r
+    rows = ev.ruler_summary(res, configs, tasks, [1000])
+    assert [(r["budget"], r["select"]) for r in rows] == [(0, "head"), (32, "head"), (2048, "head"),
+                                                          (32, "exact"), (2048, "exact")]
+    for row in rows:
+        scores = [r["score"] for r in res if r["config"] == row["config"]]
+        assert row["average"] == pytest.approx(100 * sum(scores) / len(scores))  # one sample per task
+    assert rows[2]["vs_dense"] == 0 and rows[1]["vs_exact"] == pytest.approx(rows[1]["average"] - rows[3]["average"])
+    assert rows[0]["vs_dense"] is None and rows[3]["vs_exact"] is None
+
+
 def _reference_nll(model_path, tokens, n_batch: int) -> np.ndarray:
     """NLL of tokens[1:] from llama-cpp-python's own evaluation with every position's logits (another
     context, its scores array, log-softmax over all rows at once): independent of the harness."""
