@@ -16,13 +16,15 @@ from .cli import UserError, _int_type
 DEFAULT_LENGTHS = [1024, 2048, 4096, 7600]
 DEFAULT_CTX = [2048, 4096, 7600]
 N_BATCH = 512
+RULER_ANSWER_ROOM = 128
 
 
 def _common(p: argparse.ArgumentParser, prefix: str) -> None:
     g = p.add_argument_group("model")
     g.add_argument("model_pos", nargs="?", metavar="MODEL",
-                   help="the GGUF model file (default: the default model, SmolLM2-135M-Instruct)")
-    g.add_argument("-m", "--model", dest="model_opt", metavar="FNAME", help="the GGUF model file, as MODEL")
+                   help="the GGUF model file, or smollm2-135m / gemma3-270m (default: the default model, "
+                        "SmolLM2-135M-Instruct)")
+    g.add_argument("-m", "--model", dest="model_opt", metavar="FNAME", help="the GGUF model file or name, as MODEL")
     g = p.add_argument_group("output and compute")
     g.add_argument("-o", "--output", default=prefix, metavar="PREFIX",
                    help=f"write PREFIX.md, PREFIX.json and PREFIX.png (default: {prefix}, in the current "
@@ -42,9 +44,15 @@ def _common(p: argparse.ArgumentParser, prefix: str) -> None:
                         "exact top-budget reference (default: the flags alone)")
 
 
+def _ruler_tasks() -> tuple:
+    from .ruler import TASKS
+    return TASKS
+
+
 def add_parsers(sub) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
-    ev = sub.add_parser("eval", allow_abbrev=False, help="accuracy against dense attention: passkey, perplexity",
+    ev = sub.add_parser("eval", allow_abbrev=False,
+                        help="accuracy against dense attention: passkey, perplexity, RULER-style tasks",
                         description="Evaluate Adamas against dense attention on one model, in one run.")
     evsub = ev.add_subparsers(dest="eval_command", metavar="EVAL", parser_class=cli._Parser)
 
@@ -75,6 +83,29 @@ def add_parsers(sub) -> None:
     p.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file")
     p.add_argument("--max-tokens", type=_int_type(2, None, " tokens"), default=None, metavar="N",
                    help="use the first N tokens of the text (default: all; they must fit the model's context)")
+
+    p = evsub.add_parser(
+        "ruler", allow_abbrev=False, formatter_class=fmt, help="RULER-style synthetic long-context tasks",
+        description="RULER-style tasks generated offline from the seed (ruler.py): single needles (several "
+                    "needle and haystack kinds), multi-key, multi-value and multi-query needles, variable "
+                    "tracking, common-words extraction and a question over planted facts, each prompt the "
+                    "longest that fits the length. Each is prefilled (dense) except its tail (the question "
+                    "and answer prefix, at least --tail-chars characters), fed token by token (the sparse "
+                    "decode path), then greedy tokens; scored by the share of the expected items in the "
+                    "answer. Dense runs too; add --variant select=exact for the exact top-budget reference.",
+        epilog="example:\n  python -m adamas_gguf eval ruler --budget 64 256 --lengths 4096 "
+               "--variant select=head --variant select=exact")
+    _common(p, "ruler")
+    p.add_argument("--lengths", type=_int_type(1, None, " tokens"), nargs="+", default=[4096], metavar="N",
+                   help="prompt lengths in tokens (default: 4096)")
+    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
+                   help="tasks to run, or all (default: all): " + ", ".join(_ruler_tasks()))
+    p.add_argument("--samples", type=_int_type(1, 1000), default=1, metavar="N",
+                   help="samples per task and length (default: 1)")
+    p.add_argument("--seed", type=_int_type(0, 2**32 - 1), default=42, metavar="S",
+                   help="seed of the generated tasks (default: 42)")
+    p.add_argument("--tail-chars", type=_int_type(1, None, " characters"), default=400, metavar="N",
+                   help="feed at least the prompt's last N characters token by token (default: 400)")
 
     p = sub.add_parser(
         "bench", allow_abbrev=False, formatter_class=fmt, help="decode tokens/s against context length",
@@ -170,8 +201,14 @@ def main(args, parser) -> int:
     from . import evaluate as ev
     command = args.command if args.command == "bench" else getattr(args, "eval_command", None)
     if command is None:
-        parser.error("eval needs a kind: passkey or ppl (see python -m adamas_gguf eval --help)")
+        parser.error("eval needs a kind: passkey, ppl or ruler (see python -m adamas_gguf eval --help)")
     base = _base_params(args, parser)
+    if command == "ruler":
+        from .ruler import RulerError, parse_tasks
+        try:
+            args.tasks = parse_tasks(args.tasks)
+        except RulerError as e:
+            parser.error(str(e))
     try:
         configs = ev.make_configs(base, args.budget, args.variant)
     except ev.EvalError as e:
@@ -182,7 +219,7 @@ def main(args, parser) -> int:
     path = cli._model_path(args)
     cli._install_log(args.verbose)
     n_train = _n_ctx_train(path)
-    return {"passkey": _passkey, "ppl": _ppl, "bench": _bench}[command](args, path, n_train, configs)
+    return {"passkey": _passkey, "ppl": _ppl, "ruler": _ruler, "bench": _bench}[command](args, path, n_train, configs)
 
 
 def _passkey(args, path, n_train, configs) -> int:
@@ -210,6 +247,38 @@ def _passkey(args, path, n_train, configs) -> int:
         llm.close()
     _write(args.output, report.passkey_markdown(rows, lengths, meta),
            {"meta": meta, "rows": rows, "results": res["results"]}, report.passkey_plot(rows, lengths))
+    return cli.EXIT_OK
+
+
+def _ruler(args, path, n_train, configs) -> int:
+    from . import evaluate as ev, report, ruler
+    lengths = list(dict.fromkeys(args.lengths))
+    # the answer tokens follow the prompt: room for the longest expected answer (CWE's ten words)
+    if max(lengths) + RULER_ANSWER_ROOM > n_train:
+        raise UserError(f"length {max(lengths)} plus {RULER_ANSWER_ROOM} answer tokens is longer than the "
+                        f"model's context ({n_train} tokens)")
+    llm = _load(path, args, max(lengths) + RULER_ANSWER_ROOM)
+    try:
+        tok = lambda s: len(llm.tokenize(s.encode("utf-8")))  # noqa: E731
+        try:  # every task makes a prompt at the shortest length, before any time is spent
+            for t in args.tasks:
+                ruler.make_sample(t, tok, min(lengths), args.seed)
+        except ruler.RulerError as e:
+            raise UserError(str(e)) from None
+        _note_unavailable(llm)
+        progress = ev.Progress(len(lengths) * len(args.tasks) * args.samples * len(configs), quiet=args.quiet)
+        try:
+            res = ev.run_ruler(ev.Runner(llm), configs, args.tasks, lengths, args.samples, args.seed,
+                               args.tail_chars, progress)
+        except ev.EvalError as e:
+            raise UserError(str(e)) from None
+        rows = ev.ruler_summary(res["results"], configs, args.tasks, lengths)
+        meta = {**_meta(args, path, llm, configs), "lengths": lengths, "tasks": args.tasks,
+                "n_samples": args.samples, "seed": args.seed, "tail_chars": args.tail_chars}
+    finally:
+        llm.close()
+    _write(args.output, report.ruler_markdown(rows, args.tasks, lengths, meta),
+           {"meta": meta, "rows": rows, "results": res["results"]}, report.ruler_plot(rows, args.tasks, lengths))
     return cli.EXIT_OK
 
 
