@@ -60,6 +60,31 @@ def test_passkey_dense_finds_the_key_and_budgets_run_sparse(smol):
     assert rows[0]["found"] == 2 and rows[2]["equals_dense"]
 
 
+def test_ruler_dense_answers_and_budgets_run_sparse(smol):
+    # a budget covering the context is dense exactly (same answers); 32 takes the sparse path at every fed
+    # token; the exact top-32 reference runs sparse too. SmolLM2 finds a single needle at 1K densely.
+    configs = ev.make_configs(AdamasParams(), [32, 2048], ["select=head", "select=exact"])
+    tasks = ["niah_single_1", "vt"]
+    res = ev.run_ruler(ev.Runner(smol), configs, tasks, [1000], 1, seed=5)["results"]
+    assert len(res) == len(tasks) * len(configs)
+    dense = {r["task"]: r for r in res if r["budget"] == 0}
+    assert dense["niah_single_1"]["score"] == 1.0, dense
+    for r in res:
+        assert r["n_tokens"] <= 1000 and r["n_tail"] > 30
+        if r["budget"] == 32:
+            assert r["sparse_steps"] >= r["n_tail"], r
+        if r["budget"] == 2048:
+            assert r["sparse_steps"] == 0 and r["answer"] == dense[r["task"]]["answer"], r
+    rows = ev.ruler_summary(res, configs, tasks, [1000])
+    assert [(r["budget"], r["select"]) for r in rows] == [(0, "head"), (32, "head"), (2048, "head"),
+                                                          (32, "exact"), (2048, "exact")]
+    for row in rows:
+        scores = [r["score"] for r in res if r["config"] == row["config"]]
+        assert row["average"] == pytest.approx(100 * sum(scores) / len(scores))  # one sample per task
+    assert rows[2]["vs_dense"] == 0 and rows[1]["vs_exact"] == pytest.approx(rows[1]["average"] - rows[3]["average"])
+    assert rows[0]["vs_dense"] is None and rows[3]["vs_exact"] is None
+
+
 def _reference_nll(model_path, tokens, n_batch: int) -> np.ndarray:
     """NLL of tokens[1:] from llama-cpp-python's own evaluation with every position's logits (another
     context, its scores array, log-softmax over all rows at once): independent of the harness."""
@@ -177,6 +202,27 @@ def test_eval_passkey_command_writes_its_files(tiny_model, tmp_path):
     assert "[20/20]" in r.stderr  # progress
 
 
+def test_eval_ruler_command_writes_its_files(tiny_model, tmp_path):
+    out = tmp_path / "ru"
+    r = run_cli("eval", "ruler", tiny_model, "--budget", "16", "--lengths", "300", "500", "--tasks", "vt", "qa",
+                "--variant", "select=head", "--variant", "select=exact", "-t", "1", "-o", out)
+    assert r.returncode == 0, r.stderr
+    md, js, png = _files(out)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(js.read_text())
+    assert [x["config"] for x in data["rows"]] == ["dense", "select=head b16", "select=exact b16"]
+    assert len(data["results"]) == 2 * 2 * 3 and data["meta"]["tasks"] == ["vt", "qa"]
+    assert all(x["sparse_steps"] > 0 for x in data["results"] if x["budget"])
+    assert all(x["n_tokens"] <= x["length"] for x in data["results"])
+    assert md.read_text() in r.stdout and "| vt |" in md.read_text() and "vs exact" in md.read_text()
+    assert "[12/12]" in r.stderr
+
+
+def test_named_model_unknown_is_a_path(tmp_path):
+    line = assert_one_line_error(run_cli("run", "-m", "gemma9-1b", "-p", "x"), 1)
+    assert "gemma9-1b" in line
+
+
 def test_eval_ppl_command_writes_its_files(tiny_model, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
@@ -242,7 +288,13 @@ def _bad_cases(tiny_model, tmp_path):
         (pk + ["--budget", "16", "--variant", "size=4"], 2, "unknown key"),
         (pk + ["--budget", "16", "--variant", "sink=10,recent=10"], 2, "must not exceed budget"),
         (pk + ["--budget", "16", "--depths", "0"], 2, "must be between 1 and 1000"),
-        (["eval"], 2, "passkey or ppl"),
+        (["eval"], 2, "passkey, ppl or ruler"),
+        (["eval", "ruler", tiny_model, "--budget", "16", "--tasks", "vt", "niah"], 2, "unknown task 'niah'"),
+        (["eval", "ruler", tiny_model, "--budget", "16", "--lengths", "4000"], 1,
+         "length 4000 plus 128 answer tokens is longer than the model's context (4096 tokens)"),
+        (["eval", "ruler", tiny_model, "--budget", "16", "--tasks", "cwe", "--lengths", "100"], 1,
+         "task cwe needs more than 100 tokens"),
+        (["eval", "ruler", tmp_path / "nope.gguf", "--budget", "16"], 1, "no such file"),
         (["eval", "ppl", tiny_model, "--budget", "16"], 2, "--text"),
         (["bench", tiny_model, "--budget", "16", "--variant", "select=x"], 2, "select must be one of"),
         (["bench", tiny_model, "--budget", "16", "--ctx", "0"], 2, "must be at least 1"),
@@ -268,6 +320,7 @@ def test_bad_input_is_one_line(tiny_model, tmp_path):
 def test_help_names_the_protocols():
     for cmd, words in ((["eval", "passkey"], ["--lengths", "--depths", "--seed", "--variant", "--tail-chars"]),
                        (["eval", "ppl"], ["--text", "--max-tokens", "--budget"]),
+                       (["eval", "ruler"], ["--lengths", "--tasks", "--samples", "--seed", "niah_multikey_3", "cwe"]),
                        (["bench"], ["--ctx", "--steps", "--rounds", "--budget"])):
         r = run_cli(*cmd, "--help")
         assert r.returncode == 0

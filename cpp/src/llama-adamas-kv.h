@@ -59,6 +59,7 @@ struct llama_adamas_kv {
     static const llama_adamas_kv_state * state(const llama_context * lctx);
     static const char * unavailable_reason(const llama_context * lctx);
     static int32_t      n_sparse_layers(const llama_context * lctx);
+    static const char * layer_reason(const llama_context * lctx, int32_t il); // NULL: layer il is sparse
     static int64_t      verify(llama_context * lctx);
 
     // ---- llm_graph_context::build_attn hooks (KV cache, and the non-SWA layers of an iSWA cache) ----

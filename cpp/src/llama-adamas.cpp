@@ -106,6 +106,10 @@ const char * llama_adamas_unavailable_reason(const struct llama_context * ctx) {
     return llama_adamas_kv::unavailable_reason(ctx);
 }
 
+const char * llama_adamas_layer_reason(const struct llama_context * ctx, int32_t il) {
+    return llama_adamas_kv::layer_reason(ctx, il);
+}
+
 void llama_context::adamas_set(const llama_adamas_params & p) {
     const bool changed = memcmp(&cparams.adamas, &p, sizeof(p)) != 0;
     // stored key codes depend on the key thresholds: new ones make them stale (re-encoded at the next update)

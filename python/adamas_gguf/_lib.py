@@ -119,6 +119,8 @@ _ADAMAS_SIGNATURES: dict = {
     "llama_adamas_n_sparse_layers": ([_ctx_p], ctypes.c_int32),
     "llama_adamas_n_sparse_steps": ([_ctx_p], ctypes.c_int64),
     "llama_adamas_unavailable_reason": ([_ctx_p], ctypes.c_char_p),
+    "llama_adamas_layer_reason": ([_ctx_p, ctypes.c_int32], ctypes.c_char_p),
+    "llama_adamas_verify_codes": ([_ctx_p], ctypes.c_int64),
 }
 _bound: dict = {}
 
@@ -167,3 +169,12 @@ def llama_adamas_n_sparse_steps(ctx: int) -> int:
 def llama_adamas_unavailable_reason(ctx: int) -> str | None:
     msg = _fn("llama_adamas_unavailable_reason")(ctx)
     return None if msg is None else msg.decode("utf-8", errors="replace")
+
+
+def llama_adamas_layer_reason(ctx: int, il: int) -> str | None:
+    msg = _fn("llama_adamas_layer_reason")(ctx, il)
+    return None if msg is None else msg.decode("utf-8", errors="replace")
+
+
+def llama_adamas_verify_codes(ctx: int) -> int:
+    return _fn("llama_adamas_verify_codes")(ctx)

@@ -355,3 +355,97 @@ def run_ppl(runner: Runner, configs: Sequence[Config], tokens: Sequence[int],
         if progress:
             progress(f"{cfg.label}: ppl {ppl:.4f}")
     return {"runs": runs}
+
+
+# ------------------------------------------------------------------------------------------------
+# RULER-style tasks (ruler.py generates and scores them)
+
+RULER_ANSWER_MARGIN = 8  # greedy tokens beyond the length of the expected answer
+
+
+def ruler_trials(tasks: Sequence[str], lengths: Sequence[int], n_samples: int) -> list:
+    """(length, task, sample index) for every length, task and sample; the same sample index draws the
+    same needles at every length (only the haystack grows)."""
+    return [(n, t, i) for n in lengths for t in tasks for i in range(n_samples)]
+
+
+def run_ruler(runner: Runner, configs: Sequence[Config], tasks: Sequence[str], lengths: Sequence[int],
+              n_samples: int, seed: int, tail_chars: int = TAIL_CHARS,
+              progress: Optional[Progress] = None) -> dict:
+    """Every trial: one dense prefill of all but the tail (at least the question and the answer prefix, and
+    at least `tail_chars` characters), then per configuration the tail fed token by token and greedy tokens
+    until every expected item is in the answer, an end-of-generation token, or the expected answer's length
+    plus RULER_ANSWER_MARGIN tokens; scored by ruler.score."""
+    from . import ruler
+    llm = runner.llm
+    vocab = runner._lc.llama_model_get_vocab(llm.model)
+
+    def tok(s: str, bos: bool = True) -> list:
+        return llm.tokenize(s.encode("utf-8"), add_bos=bos)
+
+    results = []
+    for length, task, index in ruler_trials(tasks, lengths, n_samples):
+        try:
+            s = ruler.make_sample(task, lambda t: len(tok(t)), length, seed, index)
+        except ruler.RulerError as e:
+            raise EvalError(str(e)) from None
+        toks = tok(s.prompt)
+        n_tail = min(len(toks) - 1, max(tail_tokens(llm.detokenize, toks, max(tail_chars, len(s.query))),
+                                        len(tok(s.query, bos=False))))
+        max_new = len(tok(" " + ", ".join(s.expected), bos=False)) + RULER_ANSWER_MARGIN
+        runner.set(configs[0].params)  # dense prefill, shared by all configurations
+        runner.prefill(toks[:-n_tail])
+        runner.snapshot()
+        for cfg in configs:
+            runner.set(cfg.params)
+            runner.restore()
+            s0 = runner.sparse_steps
+            for t in toks[-n_tail:]:
+                logits = runner.step(t)
+            out: list = []
+            text = ""
+            for _ in range(max_new):
+                t = int(np.argmax(logits))
+                if runner._lc.llama_vocab_is_eog(vocab, t):
+                    break
+                out.append(t)
+                text = llm.detokenize(out).decode("utf-8", errors="replace")
+                if ruler.complete(text, s.expected, s.kind):  # more tokens cannot change the score
+                    break
+                logits = runner.step(t)
+            sc = ruler.score(text, s.expected, s.kind)
+            results.append({"length": length, "task": task, "sample": index, "n_tokens": len(toks),
+                            "n_tail": n_tail, "config": cfg.label, "budget": cfg.budget,
+                            "expected": list(s.expected), "answer": text, "score": sc,
+                            "sparse_steps": runner.sparse_steps - s0})
+            if progress:
+                progress(f"{task} length {length} ({len(toks)} tokens) #{index} {cfg.label}: "
+                         f"{100 * sc:.0f}% {text.strip()[:60]!r}")
+    return {"results": results}
+
+
+def ruler_summary(results: list, configs: Sequence[Config], tasks: Sequence[str], lengths: Sequence[int]) -> list:
+    """Rows: per configuration, the mean score (%) per task, per length (the mean over tasks of the task
+    means at that length) and in all (the mean over tasks: every task weighs the same, RULER's average);
+    the difference in points to dense and, where one ran at the same budget, to the exact reference."""
+    def mean(xs) -> float:
+        xs = list(xs)
+        return 100 * sum(xs) / len(xs) if xs else float("nan")
+
+    rows = []
+    for cfg in configs:
+        r = [x for x in results if x["config"] == cfg.label]
+        per_task = {t: mean(x["score"] for x in r if x["task"] == t) for t in tasks}
+        per_len = {str(n): mean([mean(x["score"] for x in r if x["task"] == t and x["length"] == n) / 100
+                                 for t in tasks]) for n in lengths}
+        rows.append({"config": cfg.label, "name": cfg.name, "budget": cfg.budget,
+                     "select": cfg.params.select, "per_task": per_task, "per_length": per_len,
+                     "average": mean(v / 100 for v in per_task.values()), "trials": len(r),
+                     "sparse_steps": sum(x["sparse_steps"] for x in r)})
+    dense = rows[0]["average"]
+    exact = {row["budget"]: row["average"] for row in rows if row["select"] == "exact" and row["budget"]}
+    for row in rows:
+        row["vs_dense"] = None if row["budget"] == 0 else row["average"] - dense
+        row["vs_exact"] = (None if row["budget"] == 0 or row["select"] == "exact" or row["budget"] not in exact
+                           else row["average"] - exact[row["budget"]])
+    return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from . import _lib
+from . import _lib, models
 from ._lib import llama_cpp
 from .adamas import AdamasParams
 from .gguf_check import check_gguf
@@ -38,7 +38,9 @@ class Llama(llama_cpp.Llama):
 
     Differences: flash attention is on by default (the Adamas sparse decode path needs it: V must not be
     stored transposed), the model file is validated first, so a missing, non-GGUF or truncated file
-    raises `GGUFError` (a ValueError) that says which, and the Adamas parameters:
+    raises `GGUFError` (a ValueError) that says which, `model_path` may be the name of a named model
+    (`models.NAMED_MODELS`: "smollm2-135m", "gemma3-270m"; fetched into the cache on first use, an
+    existing file of that name wins), and the Adamas parameters:
 
         Llama(path, budget=64)                              # Adamas on: 64 tokens per head per step
         Llama(path, adamas=AdamasParams(budget=64, n_sink=4))
@@ -55,7 +57,7 @@ class Llama(llama_cpp.Llama):
         _check_flash_attn(params, kwargs.get("flash_attn", True))
         model_path = args[0] if args else kwargs.get("model_path")
         if model_path is not None:  # None: unpickling (__new__ without arguments, then __setstate__)
-            check_gguf(model_path)
+            check_gguf(models.resolve_model(model_path))
         return super().__new__(cls)
 
     def __init__(self, model_path: str, *args: Any, flash_attn: bool = True,
@@ -68,7 +70,7 @@ class Llama(llama_cpp.Llama):
                                        thr_k=thr_k, select=select, n_sink=n_sink, n_recent=n_recent,
                                        rerank=rerank))
         _check_flash_attn(params, flash_attn)
-        super().__init__(model_path, *args, flash_attn=flash_attn, **kwargs)
+        super().__init__(models.resolve_model(model_path), *args, flash_attn=flash_attn, **kwargs)
         self._apply_adamas(params)
 
     # --------------------------------------------------------------------------------------------
@@ -119,6 +121,18 @@ class Llama(llama_cpp.Llama):
     def adamas_unavailable_reason(self) -> Optional[str]:
         """Why Adamas cannot serve this model on its devices (it then decodes dense), or None if it can."""
         return _lib.llama_adamas_unavailable_reason(self._ctx_ptr())
+
+    @property
+    def adamas_layer_reasons(self) -> list:
+        """Per layer, why it decodes dense with the current parameters (e.g. a sliding-window layer, which
+        attends to its window only, or one of the first n_dense layers), or None where it runs sparse."""
+        ctx = self._ctx_ptr()
+        return [_lib.llama_adamas_layer_reason(ctx, il) for il in range(llama_cpp.llama_model_n_layer(self.model))]
+
+    def adamas_verify_codes(self) -> int:
+        """For tests: re-encode every used cache cell's key on the CPU and count the stored code rows that
+        differ (0: the codes are right; -1: the check could not run)."""
+        return int(_lib.llama_adamas_verify_codes(self._ctx_ptr()))
 
     def __getstate__(self):
         # pickling rebuilds the object through __init__(**state): keep the Adamas parameters

@@ -188,3 +188,47 @@ def bench_plot(rows: list, labels: Sequence[str]):
         ax.set_title("decode speed")
         ax.legend(fontsize=7)
     return draw
+
+
+def _pts(x) -> str:
+    return "" if x is None else f"{x:+.1f}"
+
+
+def ruler_markdown(rows: list, tasks: Sequence[str], lengths: Sequence[int], meta: dict) -> str:
+    """Two tables: the average per length and in all (with the differences to dense and to the exact
+    reference, in points), then the score of every task per configuration."""
+    head = ["configuration", "budget"] + [f"{n} tok" for n in lengths] + ["average", "vs dense", "vs exact"]
+    out = [[r["name"], r["budget"] or "dense", *[f"{r['per_length'][str(n)]:.1f}" for n in lengths],
+            f"{r['average']:.1f}", _pts(r["vs_dense"]), _pts(r["vs_exact"])] for r in rows]
+    per = [[t, *[f"{r['per_task'][t]:.0f}" for r in rows]] for t in tasks]
+    return (f"RULER-style tasks, {meta['model']}: {meta['n_samples']} sample(s) per task and length, seed "
+            f"{meta['seed']}; the prompt's tail (the question and answer prefix, at least {meta['tail_chars']} "
+            "characters) fed token by token, then greedy tokens; score: the share of the expected items in the "
+            "answer (%), averaged over the tasks (each weighs the same). \"vs dense\", \"vs exact\": points to "
+            "dense and to the exact top-budget selection at the same budget.\n\n" + md_table(head, out)
+            + "\nPer task (score %, all lengths):\n\n"
+            + md_table(["task", *[r["config"] for r in rows]], per))
+
+
+def ruler_plot(rows: list, tasks: Sequence[str], lengths: Sequence[int]):
+    def draw(plt, fig):
+        ax = fig.add_subplot(1, 2, 1)
+        for r in rows:
+            ax.plot(lengths, [r["per_length"][str(n)] for n in lengths], marker="o",
+                    color="black" if r["budget"] == 0 else None, label=r["config"])
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("average score (%)")
+        ax.set_ylim(-5, 105)
+        ax.set_title("RULER-style average")
+        ax.legend(fontsize=6)
+        ax = fig.add_subplot(1, 2, 2)
+        w = 0.8 / len(rows)
+        for i, r in enumerate(rows):
+            ax.barh([j + i * w for j in range(len(tasks))], [r["per_task"][t] for t in tasks], height=w,
+                    color="black" if r["budget"] == 0 else None, label=r["config"])
+        ax.set_yticks([j + 0.4 - w / 2 for j in range(len(tasks))], list(tasks), fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel("score (%)")
+        ax.set_xlim(0, 100)
+        ax.set_title("per task")
+    return draw

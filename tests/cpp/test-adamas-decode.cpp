@@ -181,6 +181,32 @@ int main(int argc, char ** argv) {
             CHECK(n_sparse >= 1 && n_sparse <= n_layer - 2, "%d sparse layers of %d", n_sparse, n_layer);
             printf("%d of %d layers sparse\n", n_sparse, n_layer);
         }
+        // per layer: NULL exactly for the sparse ones; the first n_dense and the sliding-window layers say why
+        int n_null = 0, n_swa_layers = 0;
+        for (int il = 0; il < n_layer; ++il) {
+            const char * r = llama_adamas_layer_reason(ctx, il);
+            n_null += r == nullptr;
+            const bool swa = r && strstr(r, "sliding-window layer") != nullptr;
+            n_swa_layers += swa;
+            if (il < p.n_dense) {
+                CHECK(r != nullptr, "layer %d < n_dense has no reason to be dense", il);
+            }
+            if (why && !swa) {
+                CHECK(r != nullptr, "layer %d: no reason given, yet Adamas is off (%s)", il, why);
+            }
+        }
+        CHECK(n_null == n_sparse, "%d layers without a reason, %d sparse layers", n_null, n_sparse);
+        CHECK((n_swa_layers > 0) == (llama_model_n_swa(R.model) > 0), "%d sliding-window layers reported, n_swa %d",
+              n_swa_layers, (int) llama_model_n_swa(R.model));
+        CHECK(strcmp(llama_adamas_layer_reason(ctx, -1), "no such layer") == 0 &&
+              strcmp(llama_adamas_layer_reason(ctx, n_layer), "no such layer") == 0, "out-of-range layers accepted");
+        {
+            llama_adamas_params off = p; off.budget = 0;
+            llama_adamas_set(ctx, &off);
+            for (int il = 0; il < n_layer; ++il) {
+                CHECK(llama_adamas_layer_reason(ctx, il) != nullptr, "layer %d sparse at budget 0", il);
+            }
+        }
         llama_free(ctx);
         return why == nullptr;
     }();

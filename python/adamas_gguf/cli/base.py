@@ -146,9 +146,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """MODEL and -m: the model file (see model_path)."""
     g = p.add_argument_group("model")
     g.add_argument("model_pos", nargs="?", metavar="MODEL",
-                   help="the GGUF model file (default: the default model, see below)")
+                   help="the GGUF model file, or a named model: smollm2-135m, gemma3-270m (fetched once "
+                        "into the cache) (default: the default model, see below)")
     g.add_argument("-m", "--model", dest="model_opt", metavar="FNAME",
-                   help="the GGUF model file, as the MODEL argument (give only one of the two)")
+                   help="the GGUF model file or name, as the MODEL argument (give only one of the two)")
 
 
 def model_path(args) -> str:
@@ -156,11 +157,14 @@ def model_path(args) -> str:
     if args.model_pos is not None and args.model_opt is not None:
         raise UserError("give the model as MODEL or with -m, not both")
     path = args.model_pos if args.model_pos is not None else args.model_opt
+    from ..models import ModelUnavailable, default_model_path, named_model, resolve_model
     if path is not None:
         if not path:
             raise UserError("the model path is empty")
-        return path
-    from ..models import ModelUnavailable, default_model_path
+        try:
+            return resolve_model(path)
+        except ModelUnavailable as e:
+            raise UserError(f"the model {named_model(path)} is unavailable: {e}") from None
     try:
         return str(default_model_path())
     except ModelUnavailable as e:
