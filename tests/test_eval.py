@@ -204,7 +204,7 @@ def test_eval_passkey_command_writes_its_files(tiny_model, tmp_path):
 
 def test_eval_ruler_command_writes_its_files(tiny_model, tmp_path):
     out = tmp_path / "ru"
-    r = run_cli("eval", "ruler", tiny_model, "--budget", "16", "--lengths", "300", "500", "--tasks", "vt", "qa",
+    r = run_cli("eval", "ruler", tiny_model, "--budget", "16", "--lengths", "400", "600", "--tasks", "vt", "qa",
                 "--variant", "select=head", "--variant", "select=exact", "-t", "1", "-o", out)
     assert r.returncode == 0, r.stderr
     md, js, png = _files(out)
