@@ -261,6 +261,34 @@ def tail_tokens(detok: Callable[[list], bytes], tokens: Sequence[int], chars: in
     return max(n, 1)
 
 
+def _answers(runner: "Runner", vocab, configs: Sequence[Config], toks: list, n_tail: int, max_new: int,
+             decided: Callable[[str], bool]):
+    """Per configuration: (config, greedy answer, sparse steps). The prompt but its last n_tail tokens is
+    prefilled once, dense, and shared; the tail is fed token by token (the sparse decode path), then up to
+    max_new greedy tokens, until an end-of-generation token or `decided(answer so far)`."""
+    runner.set(configs[0].params)
+    runner.prefill(toks[:-n_tail])
+    runner.snapshot()
+    for cfg in configs:
+        runner.set(cfg.params)
+        runner.restore()
+        s0 = runner.sparse_steps
+        for t in toks[-n_tail:]:
+            logits = runner.step(t)
+        out: list = []
+        text = ""
+        for _ in range(max_new):
+            t = int(np.argmax(logits))
+            if runner._lc.llama_vocab_is_eog(vocab, t):
+                break
+            out.append(t)
+            text = runner.llm.detokenize(out).decode("utf-8", errors="replace")
+            if decided(text):
+                break
+            logits = runner.step(t)
+        yield cfg, text, runner.sparse_steps - s0
+
+
 def run_passkey(runner: Runner, configs: Sequence[Config], lengths: Sequence[int], n_depths: int, seed: int,
                 tail_chars: int = TAIL_CHARS, progress: Optional[Progress] = None) -> dict:
     """The paper's passkey protocol for every length x depth: one dense prefill of all but the tail, then
@@ -273,30 +301,13 @@ def run_passkey(runner: Runner, configs: Sequence[Config], lengths: Sequence[int
     for length, depth, key in trials:
         toks = passkey_tokens(lambda s: llm.tokenize(s.encode()), length, depth, key)
         n_tail = tail_tokens(llm.detokenize, toks, tail_chars)
-        runner.set(configs[0].params)  # dense prefill, shared by all configurations
-        runner.prefill(toks[:-n_tail])
-        runner.snapshot()
-        for cfg in configs:
-            runner.set(cfg.params)
-            runner.restore()
-            s0 = runner.sparse_steps
-            for t in toks[-n_tail:]:
-                logits = runner.step(t)
-            out: list = []
-            text = ""
-            for _ in range(ANSWER_TOKENS):
-                t = int(np.argmax(logits))
-                if runner._lc.llama_vocab_is_eog(vocab, t):
-                    break
-                out.append(t)
-                text = llm.detokenize(out).decode("utf-8", errors="replace")
-                if re.search(r"\d+\D", text):  # a complete number: the answer is decided
-                    break
-                logits = runner.step(t)
+        def decided(text: str) -> bool:
+            return re.search(r"\d+\D", text) is not None  # a complete number: the answer is decided
+        for cfg, text, n_sparse in _answers(runner, vocab, configs, toks, n_tail, ANSWER_TOKENS, decided):
             found = first_integer(text) == key
             results.append({"length": length, "n_tokens": len(toks), "n_tail": n_tail, "depth": round(depth, 4),
                             "key": key, "config": cfg.label, "budget": cfg.budget, "answer": text,
-                            "found": found, "sparse_steps": runner.sparse_steps - s0})
+                            "found": found, "sparse_steps": n_sparse})
             if progress:
                 progress(f"length {length} ({len(toks)} tokens) depth {depth:.2f} {cfg.label}: "
                          f"{'found' if found else 'MISSED'} {text.strip()!r}")
@@ -393,31 +404,14 @@ def run_ruler(runner: Runner, configs: Sequence[Config], tasks: Sequence[str], l
         n_tail = min(len(toks) - 1, max(tail_tokens(llm.detokenize, toks, max(tail_chars, len(s.query))),
                                         len(tok(s.query, bos=False))))
         max_new = len(tok(" " + ", ".join(s.expected), bos=False)) + RULER_ANSWER_MARGIN
-        runner.set(configs[0].params)  # dense prefill, shared by all configurations
-        runner.prefill(toks[:-n_tail])
-        runner.snapshot()
-        for cfg in configs:
-            runner.set(cfg.params)
-            runner.restore()
-            s0 = runner.sparse_steps
-            for t in toks[-n_tail:]:
-                logits = runner.step(t)
-            out: list = []
-            text = ""
-            for _ in range(max_new):
-                t = int(np.argmax(logits))
-                if runner._lc.llama_vocab_is_eog(vocab, t):
-                    break
-                out.append(t)
-                text = llm.detokenize(out).decode("utf-8", errors="replace")
-                if ruler.complete(text, s.expected, s.kind):  # more tokens cannot change the score
-                    break
-                logits = runner.step(t)
+        def decided(text: str) -> bool:
+            return ruler.complete(text, s.expected, s.kind)  # more tokens cannot change the score
+        for cfg, text, n_sparse in _answers(runner, vocab, configs, toks, n_tail, max_new, decided):
             sc = ruler.score(text, s.expected, s.kind)
             results.append({"length": length, "task": task, "sample": index, "n_tokens": len(toks),
                             "n_tail": n_tail, "config": cfg.label, "budget": cfg.budget,
                             "expected": list(s.expected), "answer": text, "score": sc,
-                            "sparse_steps": runner.sparse_steps - s0})
+                            "sparse_steps": n_sparse})
             if progress:
                 progress(f"{task} length {length} ({len(toks)} tokens) #{index} {cfg.label}: "
                          f"{100 * sc:.0f}% {text.strip()[:60]!r}")
