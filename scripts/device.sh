@@ -13,6 +13,8 @@
 #   scripts/device.sh perf      there: test-backend-ops perf of the Adamas ops and of upstream flash attention
 #   scripts/device.sh passkey   there: SmolLM2 passkey answers on CPU and GPU (model: $ADAMAS_MODEL, or the
 #                               parts .device/m1/smol.part.aa + .device/m2/smol.part.ab joined, sent in two calls)
+#   scripts/device.sh crosscheck [ARGS]  there: adamas-crosscheck (GPU against CPU on SmolLM2, token by token over
+#                               GPL-3; --ops: each Adamas node re-run on the CPU from the GPU's inputs); ARGS go to it
 #   scripts/device.sh e2e       there: random 7B MHA / 8B GQA Q4_0 models, decode t/s at depth, dense vs budgets
 #                               (and depth 512 with budget 1024: within the budget)
 #   scripts/device.sh multi     there: N sequences decoding together (bench-adamas-decode -np), aggregate t/s,
@@ -94,6 +96,12 @@ passkey)
     sha256sum $ADAMAS_MODEL
     $PY scripts/passkey_devices.py "$ADAMAS_MODEL" ${PASSKEY_ARGS:-} | tee "$LOG/passkey.md"
     ;;
+crosscheck)
+    shift
+    M=${ADAMAS_MODEL:-/tmp/smollm2.gguf}
+    [ -f $M ] || cat /tmp/smol.part.aa $BUNDLE/m2/smol.part.ab > $M
+    $BUILD/tests/cpp/adamas-crosscheck -m $M --text $BUNDLE/GPL-3 -t 16 "$@" 2>&1 | grep -v '^\.*$' | tee -a "$LOG/crosscheck.md"
+    ;;
 e2e)
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
     [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
@@ -139,5 +147,5 @@ load)
         ${CHECK:+--check-dense} 2>&1 | tee -a "$LOG/load-${LOAD_MODEL:-7b}.md"
     ;;
 *)
-    sed -n 2,21p "$0"; exit 2 ;;
+    sed -n 2,23p "$0"; exit 2 ;;
 esac

@@ -1,0 +1,303 @@
+// Diagnostic (not a test): does a GPU decode give the CPU's answers on a real model, and if not, where do they
+// part? Feeds a text token by token from position 0 (the perplexity protocol of `eval ppl`) to a context on the
+// device (-ngl) and to a CPU-only reference context, and prints both perplexities and how far the logits drift.
+// With --ops, every Adamas node (query encode, select, attention) and every flash-attention node of the device
+// graph is also run again on the CPU from the device's own inputs, right after the device computed it (the
+// scheduler's eval callback), so an op that gives other answers on real inputs shows, apart from the drift of
+// the inputs themselves: select nodes must give the same indices, attention nodes the same rows to within
+// rounding (flash attention's figure is the rounding baseline). Key codes written to the cache are checked at
+// the end with llama_adamas_verify_codes.
+//
+// usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [-ngl 99] [--ref-ngl 0 | --no-ref] [-b 64]
+//        [--rerank 4] [--select head|group|exact] [--ops] [-t 8]
+#include "llama.h"
+#include "llama-adamas.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+static void quiet_log(ggml_log_level level, const char * text, void *) {
+    if (level >= GGML_LOG_LEVEL_WARN || strstr(text, "Adamas")) {
+        fputs(text, stderr);
+    }
+}
+
+// ---- re-running one device node on the CPU -------------------------------------------------------------------
+
+struct op_stats {
+    int64_t nodes = 0;
+    int64_t rows = 0, rows_off = 0;  // F32 rows, and those with relative L2 error > 1e-2
+    double  max_rel = 0.0, sum_rel = 0.0;
+    int64_t elems = 0, elems_off = 0; // integer outputs: differing elements
+    std::string first_off;            // the first node that was off, and where
+};
+
+struct crosscheck {
+    ggml_backend_t cpu = nullptr;
+    int64_t step = 0;
+    bool active = false;
+    std::map<std::string, op_stats> stats;
+};
+
+static bool checked_op(const ggml_tensor * t) {
+    switch (t->op) {
+        case GGML_OP_ADAMAS_ENCODE: return t->view_src == nullptr; // a key write is a view of the codes: verify_codes checks those
+        case GGML_OP_ADAMAS_SELECT:
+        case GGML_OP_ADAMAS_ATTN:
+        case GGML_OP_FLASH_ATTN_EXT: return true;
+        default: return false;
+    }
+}
+
+static std::string op_label(const ggml_tensor * t) {
+    if (t->op == GGML_OP_ADAMAS_ATTN) {
+        return ((const int32_t *) t->op_params)[2] > 0 ? // n_keep: the rerank's
+                "ADAMAS_ATTN (rerank)" : "ADAMAS_ATTN";
+    }
+    return ggml_op_name(t->op);
+}
+
+// Copies a device tensor (a view keeps its strides) into host memory as a CPU tensor of ctx.
+static ggml_tensor * to_host(ggml_context * ctx, const ggml_tensor * t, std::vector<std::vector<uint8_t>> & keep) {
+    ggml_tensor * h = ggml_new_tensor(ctx, t->type, GGML_MAX_DIMS, t->ne);
+    memcpy(h->nb, t->nb, sizeof(h->nb));
+    keep.emplace_back(ggml_nbytes(t));
+    ggml_backend_tensor_get(t, keep.back().data(), 0, keep.back().size());
+    h->data = keep.back().data();
+    return h;
+}
+
+static void check_node(crosscheck & cc, ggml_tensor * node) {
+    std::vector<std::vector<uint8_t>> keep;
+    keep.reserve(GGML_MAX_SRC + 2);
+    ggml_init_params ip = { (GGML_MAX_SRC + 2)*ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true };
+    ggml_context * ctx = ggml_init(ip);
+
+    ggml_tensor * out = ggml_new_tensor(ctx, node->type, GGML_MAX_DIMS, node->ne);
+    out->op = node->op;
+    memcpy(out->op_params, node->op_params, sizeof(out->op_params));
+    for (int i = 0; i < GGML_MAX_SRC; i++) {
+        out->src[i] = node->src[i] ? to_host(ctx, node->src[i], keep) : nullptr;
+    }
+    keep.emplace_back(ggml_nbytes(out));
+    out->data = keep.back().data();
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out);
+    if (ggml_backend_graph_compute(cc.cpu, gf) != GGML_STATUS_SUCCESS) {
+        fprintf(stderr, "CPU recompute of %s failed\n", node->name);
+        exit(1);
+    }
+    std::vector<uint8_t> dev(ggml_nbytes(node));
+    ggml_backend_tensor_get(node, dev.data(), 0, dev.size());
+
+    op_stats & s = cc.stats[op_label(node)];
+    s.nodes++;
+    bool off = false;
+    if (node->type == GGML_TYPE_F32) {
+        const float * a = (const float *) dev.data();
+        const float * b = (const float *) out->data;
+        const int64_t n0 = node->ne[0], nr = ggml_nelements(node)/n0;
+        for (int64_t r = 0; r < nr; r++) {
+            double d2 = 0.0, b2 = 0.0;
+            for (int64_t i = 0; i < n0; i++) {
+                const double d = (double) a[r*n0 + i] - b[r*n0 + i];
+                d2 += d*d;
+                b2 += (double) b[r*n0 + i]*b[r*n0 + i];
+            }
+            const double rel = std::sqrt(d2/std::max(b2, 1e-30));
+            s.rows++;
+            s.sum_rel += rel;
+            s.max_rel = std::max(s.max_rel, rel);
+            if (rel > 1e-2) {
+                s.rows_off++;
+                off = true;
+            }
+        }
+    } else {
+        const size_t es = ggml_type_size(node->type);
+        const int64_t n = ggml_nbytes(node)/es;
+        for (int64_t i = 0; i < n; i++) {
+            if (memcmp(dev.data() + i*es, (const uint8_t *) out->data + i*es, es) != 0) {
+                s.elems_off++;
+                off = true;
+            }
+        }
+        s.elems += n;
+    }
+    if (off && s.first_off.empty()) {
+        s.first_off = std::string(node->name) + " at step " + std::to_string(cc.step);
+    }
+    ggml_free(ctx);
+}
+
+static bool eval_cb(ggml_tensor * t, bool ask, void * user) {
+    auto & cc = *(crosscheck *) user;
+    if (!cc.active || !checked_op(t)) {
+        return ask ? false : true;
+    }
+    if (!ask) {
+        check_node(cc, t);
+    }
+    return true;
+}
+
+// ---- the run -------------------------------------------------------------------------------------------------
+
+static double log_softmax_at(const float * l, int n, int tok) {
+    const float mx = *std::max_element(l, l + n);
+    double z = 0.0;
+    for (int i = 0; i < n; i++) {
+        z += std::exp((double) l[i] - mx);
+    }
+    return (double) l[tok] - mx - std::log(z);
+}
+
+int main(int argc, char ** argv) {
+    std::string model, text;
+    int n_tok = 1024, ngl = 99, ref_ngl = 0, n_threads = 8;
+    bool ops = false;
+    llama_adamas_params ap = llama_adamas_default_params();
+    ap.budget = 64;
+    for (int i = 1; i < argc; i++) {
+        const std::string a = argv[i];
+        auto next = [&]() { if (i + 1 >= argc) { fprintf(stderr, "%s needs a value\n", a.c_str()); exit(2); } return argv[++i]; };
+        if (a == "-m") model = next();
+        else if (a == "--text") text = next();
+        else if (a == "-n") n_tok = atoi(next());
+        else if (a == "-ngl") ngl = atoi(next());
+        else if (a == "--ref-ngl") ref_ngl = atoi(next());
+        else if (a == "--no-ref") ref_ngl = -1;
+        else if (a == "-b") ap.budget = atoi(next());
+        else if (a == "--rerank") ap.rerank = atoi(next());
+        else if (a == "-t") n_threads = atoi(next());
+        else if (a == "--ops") ops = true;
+        else if (a == "--select") {
+            const std::string m = next();
+            ap.select_mode = m == "head" ? LLAMA_ADAMAS_SELECT_HEAD : m == "group" ? LLAMA_ADAMAS_SELECT_GROUP :
+                             m == "exact" ? LLAMA_ADAMAS_SELECT_EXACT : -1;
+        } else {
+            fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [-ngl 99] [--ref-ngl 0 | --no-ref] [-b 64] "
+                            "[--rerank 4] [--select head|group|exact] [--ops] [-t 8]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (const char * why = llama_adamas_params_check(&ap)) {
+        fprintf(stderr, "bad Adamas parameters: %s\n", why);
+        return 2;
+    }
+    if (model.empty() || text.empty()) {
+        fprintf(stderr, "-m MODEL and --text FILE are required\n");
+        return 2;
+    }
+    llama_log_set(quiet_log, nullptr);
+    llama_backend_init();
+
+    crosscheck cc;
+    cc.cpu = ggml_backend_cpu_init();
+    ggml_backend_cpu_set_n_threads(cc.cpu, n_threads);
+
+    struct side { const char * name; int ngl; llama_model * mdl = nullptr; llama_context * ctx = nullptr; double nll = 0.0; };
+    std::vector<side> sides = { { "device", ngl } };
+    if (ref_ngl >= 0) {
+        sides.push_back({ "reference", ref_ngl });
+    }
+    for (auto & sd : sides) {
+        llama_model_params mp = llama_model_default_params();
+        mp.n_gpu_layers = sd.ngl;
+        sd.mdl = llama_model_load_from_file(model.c_str(), mp);
+        if (!sd.mdl) { fprintf(stderr, "cannot load %s\n", model.c_str()); return 1; }
+        llama_context_params cp = llama_context_default_params();
+        cp.n_ctx = std::max(8192, n_tok + 8);
+        cp.n_batch = 512;
+        cp.n_ubatch = 512;
+        cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        cp.n_threads = cp.n_threads_batch = n_threads;
+        if (ops && &sd == &sides[0]) {
+            cp.cb_eval = eval_cb;
+            cp.cb_eval_user_data = &cc;
+        }
+        sd.ctx = llama_init_from_model(sd.mdl, cp);
+        if (!sd.ctx || llama_adamas_set(sd.ctx, &ap) != 0) { fprintf(stderr, "context setup failed\n"); return 1; }
+        if (const char * why = llama_adamas_unavailable_reason(sd.ctx)) {
+            fprintf(stderr, "%s: Adamas unavailable: %s\n", sd.name, why);
+            return 1;
+        }
+    }
+
+    std::ifstream f(text, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const std::string body = ss.str();
+    const llama_vocab * vocab = llama_model_get_vocab(sides[0].mdl);
+    std::vector<llama_token> toks(body.size() + 16);
+    const int nt = llama_tokenize(vocab, body.c_str(), (int) body.size(), toks.data(), (int) toks.size(), true, false);
+    if (nt <= 1) { fprintf(stderr, "cannot tokenize %s\n", text.c_str()); return 1; }
+    toks.resize(std::min(nt, n_tok));
+    const int n_vocab = llama_vocab_n_tokens(vocab);
+
+    double max_dlogit = 0.0;
+    int argmax_same = 0;
+    for (int t = 0; t + 1 < (int) toks.size(); t++) {
+        cc.step = t;
+        cc.active = ops;
+        std::vector<const float *> logits;
+        for (auto & sd : sides) {
+            llama_batch b = llama_batch_get_one(&toks[t], 1);
+            if (llama_decode(sd.ctx, b) != 0) { fprintf(stderr, "%s: decode failed at %d\n", sd.name, t); return 1; }
+            cc.active = false;
+            const float * l = llama_get_logits_ith(sd.ctx, -1);
+            sd.nll -= log_softmax_at(l, n_vocab, toks[t + 1]);
+            logits.push_back(l);
+        }
+        if (logits.size() == 2) {
+            double d = 0.0;
+            for (int i = 0; i < n_vocab; i++) {
+                d = std::max(d, (double) std::fabs(logits[0][i] - logits[1][i]));
+            }
+            max_dlogit = std::max(max_dlogit, d);
+            argmax_same += std::max_element(logits[0], logits[0] + n_vocab) - logits[0] ==
+                           std::max_element(logits[1], logits[1] + n_vocab) - logits[1];
+        }
+    }
+
+    const int n_pred = (int) toks.size() - 1;
+    printf("budget %d, rerank %d, select %d, %d tokens, %d sparse layers\n", ap.budget, ap.rerank, ap.select_mode,
+           n_pred + 1, llama_adamas_n_sparse_layers(sides[0].ctx));
+    printf("| context | n_gpu_layers | perplexity | sparse steps | codes off (verify_codes) |\n|---|---:|---:|---:|---:|\n");
+    for (auto & sd : sides) {
+        printf("| %s | %d | %.4f | %lld | %lld |\n", sd.name, sd.ngl, std::exp(sd.nll/n_pred),
+               (long long) llama_adamas_n_sparse_steps(sd.ctx), (long long) llama_adamas_verify_codes(sd.ctx));
+    }
+    if (sides.size() == 2) {
+        printf("device/reference perplexity - 1: %+.3f%%; max |logit difference| %.4f; same argmax %d/%d\n",
+               100.0*(std::exp((sides[0].nll - sides[1].nll)/n_pred) - 1.0), max_dlogit, argmax_same, n_pred);
+    }
+    if (ops) {
+        printf("\n| device node | nodes | rows | max rel. error | mean rel. error | rows > 1e-2 | int elements off | first off |\n"
+               "|---|---:|---:|---:|---:|---:|---:|---|\n");
+        for (auto & [name, s] : cc.stats) {
+            printf("| %s | %lld | %lld | %.2e | %.2e | %lld | %lld/%lld | %s |\n", name.c_str(), (long long) s.nodes,
+                   (long long) s.rows, s.max_rel, s.rows ? s.sum_rel/s.rows : 0.0, (long long) s.rows_off,
+                   (long long) s.elems_off, (long long) s.elems, s.first_off.c_str());
+        }
+    }
+    for (auto & sd : sides) {
+        llama_free(sd.ctx);
+        llama_model_free(sd.mdl);
+    }
+    ggml_backend_free(cc.cpu);
+    llama_backend_free();
+    return 0;
+}
