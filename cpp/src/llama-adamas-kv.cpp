@@ -2,6 +2,7 @@
 
 #include "llama-adamas-kv.h"
 
+#include "llama-batch.h"
 #include "llama-context.h"
 #include "llama-graph.h"
 #include "llama-hparams.h"
@@ -253,6 +254,73 @@ bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
     }
     LLAMA_LOG_DEBUG("%s: re-encoded the Adamas key codes of %zu streams\n", __func__, strms.size());
     return true;
+}
+
+// ---- splitting a batch: decode tokens apart from prompt tokens ------------------------------------------------
+
+void llama_adamas_kv::set_budget(const llama_context * lctx, int32_t budget) {
+    if (const llama_kv_cache * kv = kv_of(lctx)) {
+        kv->adamas.budget = budget;
+    }
+}
+
+void llama_adamas_kv::split_decode(const llama_kv_cache & kv, llama_batch_allocr & balloc, uint32_t n_ubatch, bool sequential,
+                                   std::vector<llama_ubatch> & ubatches) {
+    const int32_t budget = kv.adamas.budget;
+    // coupled sequences (a token in several) keep upstream's split; so does a model Adamas does not serve
+    if (budget <= 0 || balloc.has_cpl || !kv.adamas.reason.empty() || balloc.get_n_used() > 0) {
+        return;
+    }
+    const llama_batch & b = balloc.batch;
+    std::vector<int32_t> n_of(balloc.n_seq_max, 0); // tokens of each sequence in the batch
+    for (int32_t i = 0; i < b.n_tokens; ++i) {
+        n_of[b.seq_id[i][0]]++;
+    }
+    // a decode token: its sequence's only one in the batch, and the sequence holds more than the budget with it
+    // (its select then chooses among its cells; within the budget the step would be dense anyway)
+    auto is_decode = [&](int32_t i) {
+        const llama_seq_id s = b.seq_id[i][0];
+        const llama_pos p0 = kv.seq_pos_min(s), p1 = kv.seq_pos_max(s);
+        return n_of[s] == 1 && (p0 < 0 ? 0 : p1 - p0 + 1) + 1 > budget;
+    };
+    std::vector<int32_t> dec, rest;
+    for (int32_t i = 0; i < b.n_tokens; ++i) {
+        (is_decode(i) ? dec : rest).push_back(i);
+    }
+    bool multi = false; // some sequence takes several tokens (else upstream's split already gives decode ubatches)
+    for (int32_t n : n_of) {
+        multi = multi || n > 1;
+    }
+    if (dec.empty() || !multi) {
+        return;
+    }
+    // ubatches of idxs[i0, i1), at most n_ubatch tokens each
+    auto add = [&](const std::vector<int32_t> & idxs, size_t i0, size_t i1, bool equal_seqs) {
+        for (; i0 < i1; i0 += n_ubatch) {
+            std::vector<int32_t> part(idxs.begin() + i0, idxs.begin() + std::min<size_t>(i1, i0 + n_ubatch));
+            for (int32_t i : part) {
+                balloc.used[i] = true;
+                balloc.n_used++;
+            }
+            ubatches.push_back(balloc.ubatch_add(part, (uint32_t) part.size(), equal_seqs));
+        }
+    };
+    if (!sequential) {
+        // one stream: the decode tokens, then the others in batch order
+        add(dec, 0, dec.size(), false);
+        add(rest, 0, rest.size(), false);
+        return;
+    }
+    // a stream per sequence: a ubatch views a range of streams, so each run of consecutive sequence ids is one
+    std::sort(dec.begin(), dec.end(), [&](int32_t x, int32_t y) { return b.seq_id[x][0] < b.seq_id[y][0]; });
+    for (size_t r0 = 0; r0 < dec.size(); ) {
+        size_t r1 = r0 + 1;
+        while (r1 < dec.size() && b.seq_id[dec[r1]][0] == b.seq_id[dec[r1 - 1]][0] + 1) {
+            r1++;
+        }
+        add(dec, r0, r1, true);
+        r0 = r1;
+    }
 }
 
 const llama_kv_cache * llama_adamas_kv::kv_of(const llama_context * lctx) {

@@ -17,6 +17,7 @@ struct llm_graph_context;
 class  llm_graph_input_i;
 class  llama_kv_cache;
 class  llama_kv_cache_context;
+class  llama_batch_allocr;
 struct llama_context;
 
 // Adamas state of one llama_kv_cache (a member of it).
@@ -26,6 +27,7 @@ struct llama_adamas_kv_state {
     std::vector<bool> stale;
     int64_t     n_sparse_steps  = 0;    // ubatches decoded with sparse attention
     std::string reason;                 // why a layer decodes dense (empty: none found yet); logged once, when set
+    int32_t     budget          = 0;    // the context's budget (llama_adamas_set), for splitting batches
 
     bool is_stale(uint32_t s) const { return s < stale.size() && stale[s]; }
     void set_stale(uint32_t s, bool v) {
@@ -55,6 +57,15 @@ struct llama_adamas_kv {
     static bool update_pending(const llama_kv_cache & kv, const llama_context * lctx);
     // re-encodes those streams' codes from K; true if it computed something
     static bool update(llama_kv_cache & kv, llama_context * lctx);
+
+    // llama_kv_cache(_iswa)::init_batch, after split_reset: a batch where some sequences decode one token past
+    // the budget while others take several (llama-server's prompt chunks beside its decoding slots) gets those
+    // decode tokens in ubatches of their own, which are sparse; the prompt tokens stay dense and exact. Adds
+    // the ubatches it made to `ubatches`: with sequential (one cache stream per sequence) only the decode
+    // ubatches, runs of consecutive sequence ids, and the caller's split_equal takes the rest; else all of them.
+    static void set_budget(const llama_context * lctx, int32_t budget); // what split_decode goes by
+    static void split_decode(const llama_kv_cache & kv, llama_batch_allocr & balloc, uint32_t n_ubatch, bool sequential,
+                             std::vector<llama_ubatch> & ubatches);
 
     static const llama_adamas_kv_state * state(const llama_context * lctx);
     static const char * unavailable_reason(const llama_context * lctx);

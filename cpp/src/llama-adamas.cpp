@@ -115,6 +115,7 @@ void llama_context::adamas_set(const llama_adamas_params & p) {
     // stored key codes depend on the key thresholds: new ones make them stale (re-encoded at the next update)
     const bool recode = p.thr_mode != cparams.adamas.thr_mode || p.thr_k != cparams.adamas.thr_k;
     cparams.adamas = p;
+    llama_adamas_kv::set_budget(this, p.budget);
     if (recode) {
         if (const llama_kv_cache * kv = llama_adamas_kv::kv_of(this)) {
             llama_adamas_kv::invalidate(*kv);

@@ -8,8 +8,12 @@
 // rounding (flash attention's figure is the rounding baseline). Key codes written to the cache are checked at
 // the end with llama_adamas_verify_codes.
 //
-// usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [-ngl 99] [--ref-ngl 0 | --no-ref] [-b 64]
-//        [--rerank 4] [--select head|group|exact] [--ops] [-t 8]
+// usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref]
+//        [--ref-threads 16,8] [-b 64]
+//        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [-t 8]
+// (--ops-threads: the CPU re-runs use N threads, so with -ngl 0 it shows whether an op's result depends on the
+// thread count; -t: the contexts' threads; --ref-threads: one reference context per thread count, whose spread
+// is the CPU's own rounding noise; --offset: the text's window starts that many tokens in)
 #include "llama.h"
 #include "llama-adamas.h"
 
@@ -166,7 +170,8 @@ static double log_softmax_at(const float * l, int n, int tok) {
 
 int main(int argc, char ** argv) {
     std::string model, text;
-    int n_tok = 1024, ngl = 99, ref_ngl = 0, n_threads = 8;
+    int n_tok = 1024, ngl = 99, ref_ngl = 0, n_threads = 8, ops_threads = 0, offset = 0;
+    std::vector<int> ref_threads;
     bool ops = false;
     llama_adamas_params ap = llama_adamas_default_params();
     ap.budget = 64;
@@ -176,6 +181,15 @@ int main(int argc, char ** argv) {
         if (a == "-m") model = next();
         else if (a == "--text") text = next();
         else if (a == "-n") n_tok = atoi(next());
+        else if (a == "--offset") offset = atoi(next());
+        else if (a == "--ref-threads") {
+            for (const char * q = next(); *q; ) {
+                char * e = nullptr;
+                ref_threads.push_back((int) strtol(q, &e, 10));
+                if (e == q || ref_threads.back() < 1) { fprintf(stderr, "bad --ref-threads\n"); return 2; }
+                q = *e == ',' ? e + 1 : e;
+            }
+        }
         else if (a == "-ngl") ngl = atoi(next());
         else if (a == "--ref-ngl") ref_ngl = atoi(next());
         else if (a == "--no-ref") ref_ngl = -1;
@@ -183,13 +197,14 @@ int main(int argc, char ** argv) {
         else if (a == "--rerank") ap.rerank = atoi(next());
         else if (a == "-t") n_threads = atoi(next());
         else if (a == "--ops") ops = true;
+        else if (a == "--ops-threads") ops_threads = atoi(next());
         else if (a == "--select") {
             const std::string m = next();
             ap.select_mode = m == "head" ? LLAMA_ADAMAS_SELECT_HEAD : m == "group" ? LLAMA_ADAMAS_SELECT_GROUP :
                              m == "exact" ? LLAMA_ADAMAS_SELECT_EXACT : -1;
         } else {
-            fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [-ngl 99] [--ref-ngl 0 | --no-ref] [-b 64] "
-                            "[--rerank 4] [--select head|group|exact] [--ops] [-t 8]\n", argv[0]);
+            fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref] [--ref-threads 16,8] [-b 64] "
+                            "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [-t 8]\n", argv[0]);
             return 2;
         }
     }
@@ -206,12 +221,15 @@ int main(int argc, char ** argv) {
 
     crosscheck cc;
     cc.cpu = ggml_backend_cpu_init();
-    ggml_backend_cpu_set_n_threads(cc.cpu, n_threads);
+    ggml_backend_cpu_set_n_threads(cc.cpu, ops_threads > 0 ? ops_threads : n_threads);
 
-    struct side { const char * name; int ngl; llama_model * mdl = nullptr; llama_context * ctx = nullptr; double nll = 0.0; };
-    std::vector<side> sides = { { "device", ngl } };
-    if (ref_ngl >= 0) {
-        sides.push_back({ "reference", ref_ngl });
+    struct side { std::string name; int ngl; int n_threads; llama_model * mdl = nullptr; llama_context * ctx = nullptr; double nll = 0.0; };
+    std::vector<side> sides = { { "device", ngl, n_threads } };
+    if (ref_threads.empty()) {
+        ref_threads.push_back(n_threads);
+    }
+    for (size_t i = 0; i < ref_threads.size() && ref_ngl >= 0; i++) {
+        sides.push_back({ i == 0 ? "reference" : "reference " + std::to_string(i + 1), ref_ngl, ref_threads[i] });
     }
     for (auto & sd : sides) {
         llama_model_params mp = llama_model_default_params();
@@ -223,7 +241,7 @@ int main(int argc, char ** argv) {
         cp.n_batch = 512;
         cp.n_ubatch = 512;
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
-        cp.n_threads = cp.n_threads_batch = n_threads;
+        cp.n_threads = cp.n_threads_batch = sd.n_threads;
         if (ops && &sd == &sides[0]) {
             cp.cb_eval = eval_cb;
             cp.cb_eval_user_data = &cc;
@@ -231,7 +249,7 @@ int main(int argc, char ** argv) {
         sd.ctx = llama_init_from_model(sd.mdl, cp);
         if (!sd.ctx || llama_adamas_set(sd.ctx, &ap) != 0) { fprintf(stderr, "context setup failed\n"); return 1; }
         if (const char * why = llama_adamas_unavailable_reason(sd.ctx)) {
-            fprintf(stderr, "%s: Adamas unavailable: %s\n", sd.name, why);
+            fprintf(stderr, "%s: Adamas unavailable: %s\n", sd.name.c_str(), why);
             return 1;
         }
     }
@@ -244,7 +262,14 @@ int main(int argc, char ** argv) {
     std::vector<llama_token> toks(body.size() + 16);
     const int nt = llama_tokenize(vocab, body.c_str(), (int) body.size(), toks.data(), (int) toks.size(), true, false);
     if (nt <= 1) { fprintf(stderr, "cannot tokenize %s\n", text.c_str()); return 1; }
-    toks.resize(std::min(nt, n_tok));
+    if (offset < 0 || offset + 2 > nt) { fprintf(stderr, "--offset %d: the text has %d tokens\n", offset, nt); return 2; }
+    if (offset > 0) {
+        // a later window of the text, still from position 0 and after the BOS token where the vocabulary has one
+        const int keep = llama_vocab_get_add_bos(vocab) ? 1 : 0;
+        toks.erase(toks.begin() + keep, toks.begin() + keep + offset);
+        toks.resize(nt - offset);
+    }
+    toks.resize(std::min((int) toks.size(), n_tok));
     const int n_vocab = llama_vocab_n_tokens(vocab);
 
     double max_dlogit = 0.0;
@@ -255,13 +280,13 @@ int main(int argc, char ** argv) {
         std::vector<const float *> logits;
         for (auto & sd : sides) {
             llama_batch b = llama_batch_get_one(&toks[t], 1);
-            if (llama_decode(sd.ctx, b) != 0) { fprintf(stderr, "%s: decode failed at %d\n", sd.name, t); return 1; }
+            if (llama_decode(sd.ctx, b) != 0) { fprintf(stderr, "%s: decode failed at %d\n", sd.name.c_str(), t); return 1; }
             cc.active = false;
             const float * l = llama_get_logits_ith(sd.ctx, -1);
             sd.nll -= log_softmax_at(l, n_vocab, toks[t + 1]);
             logits.push_back(l);
         }
-        if (logits.size() == 2) {
+        if (logits.size() >= 2) {
             double d = 0.0;
             for (int i = 0; i < n_vocab; i++) {
                 d = std::max(d, (double) std::fabs(logits[0][i] - logits[1][i]));
@@ -275,12 +300,14 @@ int main(int argc, char ** argv) {
     const int n_pred = (int) toks.size() - 1;
     printf("budget %d, rerank %d, select %d, %d tokens, %d sparse layers\n", ap.budget, ap.rerank, ap.select_mode,
            n_pred + 1, llama_adamas_n_sparse_layers(sides[0].ctx));
-    printf("| context | n_gpu_layers | perplexity | sparse steps | codes off (verify_codes) |\n|---|---:|---:|---:|---:|\n");
+    printf("| context | n_gpu_layers | threads | perplexity | vs device | sparse steps | codes off (verify_codes) |\n"
+           "|---|---:|---:|---:|---:|---:|---:|\n");
     for (auto & sd : sides) {
-        printf("| %s | %d | %.4f | %lld | %lld |\n", sd.name, sd.ngl, std::exp(sd.nll/n_pred),
+        printf("| %s | %d | %d | %.4f | %+.3f%% | %lld | %lld |\n", sd.name.c_str(), sd.ngl, sd.n_threads, std::exp(sd.nll/n_pred),
+               100.0*(std::exp((sd.nll - sides[0].nll)/n_pred) - 1.0),
                (long long) llama_adamas_n_sparse_steps(sd.ctx), (long long) llama_adamas_verify_codes(sd.ctx));
     }
-    if (sides.size() == 2) {
+    if (sides.size() >= 2) {
         printf("device/reference perplexity - 1: %+.3f%%; max |logit difference| %.4f; same argmax %d/%d\n",
                100.0*(std::exp((sides[0].nll - sides[1].nll)/n_pred) - 1.0), max_dlogit, argmax_same, n_pred);
     }

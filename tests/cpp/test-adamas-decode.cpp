@@ -7,7 +7,8 @@
 //      differs from dense and from the code selections, and equals a rerank whose pool covers every cell;
 //   4. two sequences decoded together (unified cache, and one stream per sequence): the short one, whose
 //      visible context fits in the budget, gets the dense result although the step is sparse, so no cell
-//      of the other sequence took its place;
+//      of the other sequence took its place; and decode tokens batched with another sequence's prompt chunk
+//      get the logits of the same decode alone (sparse), the chunk those of the chunk alone (dense);
 //   5. a state saved and loaded into a new context continues with bitwise the same logits, and its
 //      codes equal the encoding of its K (llama_adamas_verify_codes: every used cell, every layer);
 //   6. after a context shift (seq_rm + seq_add) the codes equal the encoding of the shifted K;
@@ -371,6 +372,95 @@ int main(int argc, char ** argv) {
         CHECK(d < 1e-3, "%s cache: the short sequence differs from dense by %g", kind, d);
         if (servable) {
             CHECK(steps == n_steps, "%s cache: %lld sparse steps, expected %d", kind, (long long) steps, n_steps);
+        }
+    }
+
+    // ---- 4b. a batch mixing decode tokens with another sequence's prompt chunk (llama-server under load) ----
+    // The decode tokens must get what they get in a batch of their own (a sparse step), and the chunk what it
+    // gets alone (dense, exact): the batch is split, decode tokens first. The chunk's sequence already holds
+    // more than the budget, so that a chunk token decoded sparse would show.
+    for (bool unified : { true, false }) {
+        const char * kind = unified ? "unified" : "per-stream";
+        const int n_ctx_prefix = 200, n_chunk_prefix = 100, n_chunk = 40;
+        const std::vector<llama_token> pre0 = random_tokens(rng, n_ctx_prefix, R.n_vocab);
+        const std::vector<llama_token> pre1 = random_tokens(rng, n_ctx_prefix, R.n_vocab);
+        const std::vector<llama_token> pre2 = random_tokens(rng, n_chunk_prefix, R.n_vocab);
+        const std::vector<llama_token> chunk = random_tokens(rng, n_chunk, R.n_vocab);
+        const llama_token t0 = pre0[7], t1 = pre1[9];
+        llama_adamas_params p = def; p.budget = 32;
+
+        auto setup = [&]() {
+            llama_context * c = R.make(1024, 3, unified, GGML_TYPE_F16, p);
+            R.eval(c, pre0, 0, 0, nullptr);
+            R.eval(c, pre1, 0, 2, nullptr);
+            R.eval(c, pre2, 0, 1, nullptr);
+            return c;
+        };
+        // tokens (seq, pos, token, logits) as one batch; returns the logits of the flagged ones, in batch order
+        struct tok { int seq, pos; llama_token t; bool out; };
+        auto run = [&](llama_context * c, const std::vector<tok> & ts) {
+            llama_batch b = llama_batch_init((int) ts.size(), 0, 1);
+            for (size_t i = 0; i < ts.size(); i++) {
+                b.token[i] = ts[i].t; b.pos[i] = ts[i].pos; b.n_seq_id[i] = 1; b.seq_id[i][0] = ts[i].seq; b.logits[i] = ts[i].out;
+            }
+            b.n_tokens = (int) ts.size();
+            REQUIRE(llama_decode(c, b) == 0, "%s: mixed-batch decode failed", kind);
+            std::vector<float> out;
+            for (size_t i = 0; i < ts.size(); i++) {
+                if (ts[i].out) {
+                    const float * l = llama_get_logits_ith(c, (int) i);
+                    out.insert(out.end(), l, l + R.n_vocab);
+                }
+            }
+            llama_batch_free(b);
+            return out;
+        };
+        // sequences 0 and 2 decode, 1 takes the chunk: in batch order 0, 1, 2 upstream's split for one stream per
+        // sequence would put the chunk's first token in the decode ubatch
+        std::vector<tok> dec = { { 0, n_ctx_prefix, t0, true }, { 2, n_ctx_prefix, t1, true } };
+        std::vector<tok> chk;
+        for (int i = 0; i < n_chunk; i++) {
+            chk.push_back({ 1, n_chunk_prefix + i, chunk[i], i + 1 == n_chunk });
+        }
+
+        // reference: the decode tokens in a batch of their own, then the chunk in another
+        llama_context * ref = setup();
+        const int64_t s0 = llama_adamas_n_sparse_steps(ref);
+        const std::vector<float> want_dec = run(ref, dec);
+        const std::vector<float> want_chk = run(ref, chk);
+        const int64_t ref_sparse = llama_adamas_n_sparse_steps(ref) - s0;
+        llama_free(ref);
+
+        // one batch: decode token, the chunk, decode token
+        llama_context * ctx = setup();
+        const int64_t s1 = llama_adamas_n_sparse_steps(ctx);
+        std::vector<tok> mixed = { dec[0] };
+        mixed.insert(mixed.end(), chk.begin(), chk.end());
+        mixed.push_back(dec[1]);
+        const std::vector<float> got = run(ctx, mixed);
+        const int64_t got_sparse = llama_adamas_n_sparse_steps(ctx) - s1;
+        CHECK(llama_adamas_verify_codes(ctx) == 0, "%s: codes differ from K after a mixed batch", kind);
+        llama_free(ctx);
+
+        // got: seq 0's logits, the chunk's last, seq 2's
+        REQUIRE(got.size() == 3*(size_t) R.n_vocab, "%s: expected 3 logit rows", kind);
+        const std::vector<float> g0(got.begin(), got.begin() + R.n_vocab);
+        const std::vector<float> gc(got.begin() + R.n_vocab, got.begin() + 2*R.n_vocab);
+        const std::vector<float> g1(got.begin() + 2*R.n_vocab, got.end());
+        const std::vector<float> w0(want_dec.begin(), want_dec.begin() + R.n_vocab);
+        const std::vector<float> w1(want_dec.begin() + R.n_vocab, want_dec.end());
+        // the same ubatches, so the same sums: equal but for rounding (a model Adamas does not serve keeps
+        // upstream's split, whose ubatches mix the two, so only dense rounding)
+        const double tol = servable ? 1e-7 : 1e-3;
+        CHECK(max_rel_diff(g0, w0) < tol && max_rel_diff(g1, w1) < tol,
+              "%s: decode tokens in a mixed batch differ from the same decode alone by %g, %g", kind,
+              max_rel_diff(g0, w0), max_rel_diff(g1, w1));
+        CHECK(max_rel_diff(gc, want_chk) < tol, "%s: the prompt chunk in a mixed batch differs from the chunk alone by %g",
+              kind, max_rel_diff(gc, want_chk));
+        if (servable) {
+            // one sparse ubatch per run of consecutive decoding sequences: 1 (unified) or 2
+            CHECK(ref_sparse == (unified ? 1 : 2) && got_sparse == ref_sparse, "%s: sparse steps: %lld alone, %lld mixed", kind,
+                  (long long) ref_sparse, (long long) got_sparse);
         }
     }
 
