@@ -9,11 +9,12 @@
 // the end with llama_adamas_verify_codes.
 //
 // usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref]
-//        [--ref-threads 16,8] [-b 64]
+//        [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload]
 //        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [-t 8]
 // (--ops-threads: the CPU re-runs use N threads, so with -ngl 0 it shows whether an op's result depends on the
 // thread count; -t: the contexts' threads; --ref-threads: one reference context per thread count, whose spread
-// is the CPU's own rounding noise; --offset: the text's window starts that many tokens in)
+// is the CPU's own rounding noise; --offset: the text's window starts that many tokens in; --no-kqv-offload:
+// the device context keeps its KV cache and attention on the CPU, the matrix products on the device)
 #include "llama.h"
 #include "llama-adamas.h"
 
@@ -172,7 +173,7 @@ int main(int argc, char ** argv) {
     std::string model, text;
     int n_tok = 1024, ngl = 99, ref_ngl = 0, n_threads = 8, ops_threads = 0, offset = 0;
     std::vector<int> ref_threads;
-    bool ops = false;
+    bool ops = false, kqv_offload = true;
     llama_adamas_params ap = llama_adamas_default_params();
     ap.budget = 64;
     for (int i = 1; i < argc; i++) {
@@ -197,13 +198,15 @@ int main(int argc, char ** argv) {
         else if (a == "--rerank") ap.rerank = atoi(next());
         else if (a == "-t") n_threads = atoi(next());
         else if (a == "--ops") ops = true;
+        else if (a == "--n-dense") ap.n_dense = atoi(next());
+        else if (a == "--no-kqv-offload") kqv_offload = false;
         else if (a == "--ops-threads") ops_threads = atoi(next());
         else if (a == "--select") {
             const std::string m = next();
             ap.select_mode = m == "head" ? LLAMA_ADAMAS_SELECT_HEAD : m == "group" ? LLAMA_ADAMAS_SELECT_GROUP :
                              m == "exact" ? LLAMA_ADAMAS_SELECT_EXACT : -1;
         } else {
-            fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref] [--ref-threads 16,8] [-b 64] "
+            fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref] [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload] "
                             "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [-t 8]\n", argv[0]);
             return 2;
         }
@@ -242,6 +245,7 @@ int main(int argc, char ** argv) {
         cp.n_ubatch = 512;
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
         cp.n_threads = cp.n_threads_batch = sd.n_threads;
+        cp.offload_kqv = kqv_offload;
         if (ops && &sd == &sides[0]) {
             cp.cb_eval = eval_cb;
             cp.cb_eval_user_data = &cc;
