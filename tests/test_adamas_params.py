@@ -25,7 +25,7 @@ from adamas_gguf import llama as llama_mod
 from adamas_gguf.gguf_check import GGUFError
 
 from conftest import REPO, run_cli
-from test_cli import assert_ok, assert_one_line_error
+from test_cli import assert_ok, assert_one_line_error, without_timings
 
 HEADER = REPO / "cpp" / "include" / "llama-adamas.h"
 C_TYPES = {"int32_t": ctypes.c_int32, "float": ctypes.c_float}
@@ -454,7 +454,7 @@ def test_cli_notes_a_model_adamas_cannot_serve(tiny_models):
     m = tiny_models / "gqa2-d80.gguf"
     r = run_cli("run", m, "-p", "hi", "-n", "4", "--budget", "16")
     assert r.returncode == 0 and r.stdout.endswith("\n"), r.stderr
-    lines = r.stderr.splitlines()
+    lines = without_timings(r.stderr).splitlines()
     assert len(lines) == 1, r.stderr
     assert re.fullmatch(r"adamas_gguf: note: Adamas off for this model: .+; decoding dense", lines[0]), lines
     assert_ok(run_cli("run", m, "-p", "hi", "-n", "4"))  # dense asked for: nothing to say

@@ -19,9 +19,24 @@ PROMPT = "The capital of France is"
 PREFIX = "adamas_gguf: error: "
 
 
+# the line `run` ends with on stderr (after each reply with -cnv), as llama-cli prints its timings
+TIMINGS = re.compile(r"adamas_gguf: timings: prompt (\d+) tokens(?: \(\+(\d+) cached\))? in [\d.]+ s, "
+                     r"(?:[\d.]+|-) t/s \| generated (\d+) tokens in [\d.]+ s, (?:[\d.]+|-) t/s \| "
+                     r"adamas: (\d+) sparse decode steps")
+
+
+def timings(stderr: str) -> list:
+    """(prompt tokens evaluated, prompt tokens reused, generated tokens, sparse steps) of each timings line."""
+    return [tuple(int(x or 0) for x in m.groups()) for m in map(TIMINGS.fullmatch, stderr.splitlines()) if m]
+
+
+def without_timings(stderr: str) -> str:
+    return "".join(ln for ln in stderr.splitlines(keepends=True) if not TIMINGS.fullmatch(ln.rstrip("\n")))
+
+
 def assert_ok(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 0, f"exit {r.returncode}; stderr: {r.stderr}"
-    assert r.stderr == "", f"quiet by default, but stderr has: {r.stderr}"
+    assert without_timings(r.stderr) == "", f"quiet by default, but stderr has: {r.stderr}"
     assert r.stdout.endswith("\n")
     return r.stdout
 
@@ -53,7 +68,11 @@ def test_top_level_help():
 RUN_FLAGS = ("MODEL", "-m", "--model", "-p", "--prompt", "-f", "--file", "--chat", "-sys", "--system-prompt",
              "-n", "--n-predict", "-c", "--ctx-size", "--temp", "--top-k", "--top-p", "--min-p",
              "--repeat-penalty", "-s", "--seed", "-t", "--threads", "-ngl", "--n-gpu-layers", "--gpu-layers", "-v",
-             "--verbose", "-h", "--help",
+             "--verbose", "-h", "--help", "-cnv", "--conversation", "-r", "--reverse-prompt", "--stop",
+             "--show-timings", "--no-show-timings",
+             # llama.cpp context flags (tests/test_run_cli.py tests them)
+             "-fa", "--flash-attn", "-ctk", "--cache-type-k", "-ctv", "--cache-type-v", "-b", "--batch-size",
+             "-ub", "--ubatch-size", "--no-mmap",
              # adamas (tests/test_adamas_params.py tests them)
              "--budget", "--dense-layers", "--thr-mode", "--thr-q", "--thr-k", "--select", "--sink", "--recent", "--rerank")
 
@@ -269,7 +288,7 @@ def _bad_cases(tmp: Path, tiny_model: Path) -> dict:
                                  r"chat template\) is \d{3} tokens, too long for the context of 64"),
         "n -5": (["run", m, "-n", "-5"], 2, "-n/--n-predict: -5 is out of range"),
         "n abc": (["run", m, "-n", "abc"], 2, "invalid integer 'abc'"),
-        "c 0": (["run", m, "-c", "0"], 2, "-c/--ctx-size: 0 is out of range"),
+        "c -1": (["run", m, "-c", "-1"], 2, "-c/--ctx-size: -1 is out of range"),
         "c absurd": (["run", m, "-c", "99999999999"], 2, "out of range"),
         "temp -1": (["run", m, "--temp", "-1"], 2, "--temp: -1 is out of range"),
         "temp nan": (["run", m, "--temp", "nan"], 2, "not a finite number"),
@@ -283,7 +302,7 @@ def _bad_cases(tmp: Path, tiny_model: Path) -> dict:
         "two models": (["run", m, "-m", m], 1, "not both"),
         "prompt twice": (["run", m, "-p", "a", "-f", text], 1, "not both"),
         "missing prompt file": (["run", m, "-f", tmp / "nope.txt"], 1, "cannot read the prompt file"),
-        "system without chat": (["run", m, "-sys", "be nice"], 1, "needs --chat"),
+        "system without chat": (["run", m, "-sys", "be nice"], 1, "needs --chat or -cnv"),
         "rerank 0": (["run", m, "--rerank", "0"], 2, "--rerank: 0 is out of range"),
         "sink past budget": (["run", m, "--budget", "16", "--rerank", "4", "--sink", "17"], 2,
                              "more than --budget 16"),
@@ -291,7 +310,7 @@ def _bad_cases(tmp: Path, tiny_model: Path) -> dict:
 
 
 CASE_NAMES = ["missing file", "directory", "not gguf", "truncated", "unknown arch", "prompt too long",
-              "chat prompt too long", "n -5", "n abc", "c 0", "c absurd", "temp -1", "temp nan", "top-p 2",
+              "chat prompt too long", "n -5", "n abc", "c -1", "c absurd", "temp -1", "temp nan", "top-p 2",
               "t 0", "ngl -2", "seed -2", "unknown flag", "no command", "unknown command", "two models",
               "prompt twice", "missing prompt file", "system without chat", "rerank 0", "sink past budget"]
 

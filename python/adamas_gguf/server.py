@@ -10,7 +10,7 @@ What differs from upstream's server: the model settings add the Adamas fields (t
 turn flash attention on (the sparse decode path needs it); settings come only from what the caller passes,
 never from environment variables; requests are not interrupted by later ones (upstream's default cuts a
 streaming answer short when another request arrives); and one more route, GET /extras/adamas, reports the
-Adamas parameters, the sparse layers and the sparse decode steps run so far.
+context size, the Adamas parameters, the sparse layers and the sparse decode steps run so far.
 """
 from __future__ import annotations
 
@@ -129,6 +129,7 @@ class AdamasLlamaProxy(LlamaProxy):
 
 class AdamasStatus(BaseModel):
     model: str
+    n_ctx: int
     params: dict
     sparse_layers: int
     sparse_steps: int
@@ -144,7 +145,7 @@ def _adamas_router() -> APIRouter:
         llm = llama_proxy(None)
         p = llm.adamas
         return AdamasStatus(model=next(iter(llama_proxy)),  # the first alias: the default model
-                            params={k: getattr(p, k) for k in ADAMAS_KEYWORDS},
+                            n_ctx=llm.n_ctx(), params={k: getattr(p, k) for k in ADAMAS_KEYWORDS},
                             sparse_layers=llm.adamas_n_sparse_layers, sparse_steps=llm.adamas_sparse_steps,
                             unavailable_reason=llm.adamas_unavailable_reason)
 

@@ -213,6 +213,74 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
                         f"first); 1 = off (default: {D.rerank})")
 
 
+# ------------------------------------------------------------------------------------------------
+# llama.cpp context flags (run and serve), with llama-cli's names and meanings
+
+# llama-cli's KV cache types (common/arg.cpp kv_cache_types), as ggml's type numbers (ggml.h: enum ggml_type)
+CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6,
+               "q5_1": 7}
+QUANTIZED_CACHE_TYPES = ("q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+FLASH_ATTN = ("on", "off", "auto")
+N_BATCH = N_UBATCH = 512  # llama-cpp-python's defaults (llama-cli's n_batch is 2048)
+
+
+def cache_type(s: str) -> str:
+    if s not in CACHE_TYPES:
+        raise argparse.ArgumentTypeError(f"unknown cache type {s!r}: must be one of {', '.join(CACHE_TYPES)}")
+    return s
+
+
+def flash_attn(s: str) -> str:
+    if s not in FLASH_ATTN:
+        raise argparse.ArgumentTypeError(f"{s!r} is not on, off or auto")
+    return s
+
+
+def add_context_args(g) -> None:
+    """-fa, -ctk/-ctv, -b/-ub, --no-mmap (llama-cli's) into the argument group g; see context_kwargs."""
+    g.add_argument("-fa", "--flash-attn", type=flash_attn, default="auto", metavar="on|off|auto",
+                   help="flash attention; Adamas needs it (its sparse decode path reads V untransposed): with "
+                        "off and a --budget > 0, Adamas is off and decoding is dense (said once on stderr); "
+                        "auto = on (llama-cpp-python sets it on or off only) (default: auto)")
+    g.add_argument("-ctk", "--cache-type-k", type=cache_type, default="f16", metavar="TYPE",
+                   help=f"the KV cache data type for K: {', '.join(CACHE_TYPES)} (default: f16)")
+    g.add_argument("-ctv", "--cache-type-v", type=cache_type, default="f16", metavar="TYPE",
+                   help="the KV cache data type for V, as -ctk; a quantized one needs flash attention "
+                        "(default: f16)")
+    g.add_argument("-b", "--batch-size", type=int_type(1, INT32_MAX, " tokens"), default=N_BATCH, metavar="N",
+                   help=f"logical batch size: the prompt is evaluated N tokens at a time (at most the "
+                        f"context size) (default: {N_BATCH})")
+    g.add_argument("-ub", "--ubatch-size", type=int_type(1, INT32_MAX, " tokens"), default=N_UBATCH,
+                   metavar="N", help=f"physical batch size: the most tokens llama.cpp computes at once (at most "
+                                     f"-b) (default: {N_UBATCH})")
+    g.add_argument("--no-mmap", action="store_true",
+                   help="read the model into memory instead of mapping the file (default: mapped)")
+
+
+def context_kwargs(args, parser: argparse.ArgumentParser) -> dict:
+    """Llama's (and the server settings') keyword arguments for add_context_args' flags; a combination that
+    llama.cpp would refuse is a usage error (one line, exit code 2)."""
+    fa = args.flash_attn != "off"
+    if not fa and args.cache_type_v in QUANTIZED_CACHE_TYPES:
+        parser.error(f"-ctv {args.cache_type_v}: a quantized V cache needs flash attention; use -fa on, or "
+                     "-ctv f16")
+    return dict(flash_attn=fa, type_k=CACHE_TYPES[args.cache_type_k], type_v=CACHE_TYPES[args.cache_type_v],
+                n_batch=args.batch_size, n_ubatch=args.ubatch_size, use_mmap=not args.no_mmap)
+
+
+def dense_without_flash_attn(params, kwargs: dict):
+    """The Adamas parameters to load with: Adamas needs flash attention, so with -fa off a budget > 0 becomes
+    dense (budget 0); the caller says so (note_flash_attn_off). Returns (params, whether it was turned off)."""
+    if kwargs["flash_attn"] or params.dense:
+        return params, False
+    return params.replace(budget=0), True
+
+
+def note_flash_attn_off(params, reason: Optional[str]) -> None:
+    print_note(f"Adamas off: {reason or 'flash attention is off'}; decoding dense (--budget {params.budget} "
+               "needs flash attention, and -fa is off)")
+
+
 def adamas_params(args, parser: argparse.ArgumentParser, budget: Optional[int] = None):
     """The AdamasParams of add_adamas_args' flags (`budget` replaces --budget: eval and bench run several);
     a bad combination is a usage error (one line, exit code 2)."""

@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
                         "for generation, all of them for the prompt)")
     g.add_argument("-ngl", "--n-gpu-layers", type=int_type(-1), default=base.N_GPU_LAYERS, metavar="N",
                    help=f"the number of layers to put on the GPU; -1 = all (default: {base.N_GPU_LAYERS})")
+    base.add_context_args(g)
     g.add_argument("-v", "--verbose", action="store_true",
                    help="show llama.cpp's log on stderr (default: the server's request log only)")
     base.add_adamas_args(p, multi_budget=False)
@@ -57,7 +58,9 @@ def _check_chat_format(name, parser) -> None:
 
 
 def main(args, parser) -> int:
-    params = base.adamas_params(args, parser)  # usage errors first, before anything is loaded
+    asked = base.adamas_params(args, parser)  # usage errors first, before anything is loaded
+    context = base.context_kwargs(args, parser)
+    params, flash_off = base.dense_without_flash_attn(asked, context)
     try:
         import uvicorn
         from .. import server
@@ -68,7 +71,7 @@ def main(args, parser) -> int:
     path = base.model_path(args)
     base.install_log(args.verbose)
     kwargs = dict(model=path, n_ctx=args.ctx_size, n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format,
-                  verbose=args.verbose, **{k: getattr(params, k) for k in server.ADAMAS_KEYWORDS})
+                  verbose=args.verbose, **context, **{k: getattr(params, k) for k in server.ADAMAS_KEYWORDS})
     if args.threads is not None:
         kwargs.update(n_threads=args.threads, n_threads_batch=args.threads)
     try:
@@ -85,6 +88,8 @@ def main(args, parser) -> int:
         hint = "" if args.verbose else "; run with --verbose to see llama.cpp's log"
         raise UserError(f"{path}: llama.cpp could not load the model ({base.one_line(e)}){base.log_reason()}"
                         f"{hint}") from None
+    if flash_off:  # the server's GET /extras/adamas gives the library's reason too
+        base.note_flash_attn_off(asked, None)
     what = "dense attention (budget 0)" if params.dense else f"Adamas {params}"
     base.print_info(f"serving {path} with {what} on http://{args.host}:{args.port}/v1")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
