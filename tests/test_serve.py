@@ -3,6 +3,7 @@ by the real `openai` client; the answers are checked against the library called 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -196,3 +197,48 @@ def test_bad_model_is_one_line(tmp_path, tiny_model, case):
         path.write_text("not a model\n")
     msg = assert_one_line_error(run_cli("serve", path, "--port", str(_free_port())), 1)
     assert {"missing": "no such file", "truncated": "truncated GGUF", "not gguf": "not a GGUF file"}[case] in msg
+
+
+def test_status_reports_the_context(server):
+    assert server.get("/extras/adamas")["n_ctx"] == N_CTX
+
+
+def test_ctx_0_chat_format_and_context_flags(default_model, reference):
+    # -c 0: the model's training context; --chat-format: llama-cpp-python's chatml, not the model's template
+    # (SmolLM2's adds a system message of its own); -ctk/-ctv/-b: passed to llama.cpp (its log says so)
+    import adamas_gguf
+    from adamas_gguf.gguf_check import check_gguf
+    messages = [{"role": "user", "content": "Who are you?"}]
+    chatml = adamas_gguf.Llama(str(default_model), n_ctx=N_CTX, chat_format="chatml", verbose=False)
+    try:
+        want = chatml.create_chat_completion(messages, max_tokens=24, temperature=0)["choices"][0]["message"]
+    finally:
+        chatml.close()
+    reference.reset()
+    own = reference.create_chat_completion(messages, max_tokens=24, temperature=0)["choices"][0]["message"]
+    assert want["content"] != own["content"]  # else this test could not tell the formats apart
+    s = Server("-c", "0", "--chat-format", "chatml", "-ctk", "q8_0", "-ctv", "q8_0", "-b", "64", "-v")
+    try:
+        assert s.get("/extras/adamas")["n_ctx"] == check_gguf(str(default_model))["context_length"] == 8192
+        r = s.client().chat.completions.create(model="x", messages=messages, max_tokens=24, temperature=0,
+                                               extra_body=SAME)
+        got = r.choices[0].message.content
+    finally:
+        err = s.stop()
+    assert "K (q8_0)" in err and "V (q8_0)" in err and re.search(r"n_batch += 64\n", err), err[-3000:]
+    # the answer of the q8_0 cache: as the library's f16 one for this short greedy reply
+    assert got == want["content"]
+
+
+def test_flash_attn_off_serves_dense(default_model):
+    s = Server("--budget", "64", "-fa", "off")
+    try:
+        st = s.get("/extras/adamas")
+        _complete(s.client(), LONG_PROMPT, 4)
+        steps = s.get("/extras/adamas")["sparse_steps"]
+    finally:
+        err = s.stop()
+    assert st["params"]["budget"] == 0 and st["sparse_layers"] == 0 and steps == 0, st
+    assert "flash attention is off" in st["unavailable_reason"], st
+    notes = [ln for ln in err.splitlines() if ln.startswith("adamas_gguf: note:")]
+    assert len(notes) == 1 and "Adamas off" in notes[0] and "decoding dense" in notes[0], err
