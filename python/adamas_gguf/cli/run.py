@@ -120,7 +120,7 @@ def add_parser(sub) -> None:
     base.add_context_args(g)
     g.add_argument("--show-timings", action=argparse.BooleanOptionalAction, default=True,
                    help="the timings line on stderr at the end (after each reply with -cnv), as llama-cli; "
-                        "--no-show-timings: none")
+                        "--no-show-timings: none (default: shown)")
     g.add_argument("-v", "--verbose", action="store_true",
                    help="show llama.cpp's log on stderr, and the Adamas parameters and sparse step count "
                         "(default: quiet)")
