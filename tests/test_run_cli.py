@@ -235,3 +235,14 @@ def test_bad_context_flag_is_a_usage_error(tmp_path, command, flags, words):
     # the model does not exist: an error about the flag, not the file, shows that nothing was loaded
     msg = assert_one_line_error(run_cli(command, tmp_path / "missing.gguf", *flags), 2)
     assert words in msg, msg
+
+
+def test_flag_tables():
+    from adamas_gguf._lib import llama_cpp
+    from adamas_gguf.cli import base
+    # ggml's type numbers, where llama_cpp names them (it has no GGML_TYPE_BF16: ggml.h gives 30)
+    for name, value in base.CACHE_TYPES.items():
+        assert getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", value) == value, name
+    assert base.CACHE_TYPES["bf16"] == 30
+    assert [base.flash_attn(s) for s in ("on", "enabled", "1", "off", "false", "0", "auto", "-1")] == \
+        ["on"] * 3 + ["off"] * 3 + ["auto"] * 2

@@ -220,7 +220,9 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
 CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6,
                "q5_1": 7}
 QUANTIZED_CACHE_TYPES = ("q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-FLASH_ATTN = ("on", "off", "auto")
+# -fa's values, with the spellings llama.cpp's common/arg.cpp also takes (is_truthy, is_falsey, is_autoy)
+FLASH_ATTN = {"on": "on", "enabled": "on", "true": "on", "1": "on", "off": "off", "disabled": "off",
+              "false": "off", "0": "off", "auto": "auto", "-1": "auto"}
 N_BATCH = N_UBATCH = 512  # llama-cpp-python's defaults (llama-cli's n_batch is 2048)
 
 
@@ -233,7 +235,7 @@ def cache_type(s: str) -> str:
 def flash_attn(s: str) -> str:
     if s not in FLASH_ATTN:
         raise argparse.ArgumentTypeError(f"{s!r} is not on, off or auto")
-    return s
+    return FLASH_ATTN[s]
 
 
 def add_context_args(g) -> None:
@@ -241,7 +243,8 @@ def add_context_args(g) -> None:
     g.add_argument("-fa", "--flash-attn", type=flash_attn, default="auto", metavar="on|off|auto",
                    help="flash attention; Adamas needs it (its sparse decode path reads V untransposed): with "
                         "off and a --budget > 0, Adamas is off and decoding is dense (said once on stderr); "
-                        "auto = on (llama-cpp-python sets it on or off only) (default: auto)")
+                        "auto = on (llama-cpp-python sets it on or off only); llama-cli's spellings "
+                        "enabled/true/1, disabled/false/0 and -1 work too (default: auto)")
     g.add_argument("-ctk", "--cache-type-k", type=cache_type, default="f16", metavar="TYPE",
                    help=f"the KV cache data type for K: {', '.join(CACHE_TYPES)} (default: f16)")
     g.add_argument("-ctv", "--cache-type-v", type=cache_type, default="f16", metavar="TYPE",
