@@ -105,6 +105,24 @@ GGML_API struct ggml_tensor * ggml_adamas_select(
         int                   budget,
         enum ggml_adamas_select_mode mode);
 
+// The same ranking over a candidate list per query: only the cells a query's row of `cells` names are ranked
+// (a unified KV cache holding several sequences: each query lists its own sequence's cells, so the work and the
+// scratch are n_cand, not n_kv, per row).
+//   cells: I32 [n_cand, n_q, ns], rows contiguous: cell indices in [0, n_kv) in strictly increasing order,
+//          and -1 entries anywhere (padding), which are skipped. kc and the mask are read at the listed cells.
+//   result: as ggml_adamas_select: cell indices in [0, n_kv) (not list positions), the same tie rule, -1 slots
+//          where fewer than `budget` listed cells are visible. When each row lists every visible cell of its
+//          query (any superset of them), the result equals ggml_adamas_select's.
+// The CPU backend aborts on a cell out of range or out of order; the CUDA kernel trusts the list.
+GGML_API struct ggml_tensor * ggml_adamas_select_cells(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * qc,
+        struct ggml_tensor  * kc,
+        struct ggml_tensor  * mask,
+        struct ggml_tensor  * cells,
+        int                   budget,
+        enum ggml_adamas_select_mode mode);
+
 // Exact softmax attention over the selected cells only, reading their K and V rows in place.
 //   q:    F32 [D,  n_q,  n_head,    ns]   (the layout of ggml_flash_attn_ext)
 //   k:    [D,  n_kv, n_head_kv, ns]       F32, F16, BF16 or a quantized type (q8_0, q4_0, ...)

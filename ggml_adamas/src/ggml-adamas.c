@@ -2,7 +2,7 @@
 //
 // op_params:
 //   ADAMAS_ENCODE: i32 mode, f32 thr, i32 skip_wht, i32 round_f16   src: a, idxs (set_rows form), codes (set_rows form)
-//   ADAMAS_SELECT: i32 budget, i32 mode                     src: qc, kc, mask
+//   ADAMAS_SELECT: i32 budget, i32 mode                     src: qc, kc, mask, cells (the _cells form)
 //   ADAMAS_ATTN:   f32 scale, f32 softcap, i32 n_keep (0: all) src: q, k, v, mask, idx
 
 #include "ggml-adamas.h"
@@ -93,11 +93,12 @@ static void ggml_adamas_check_mask(const struct ggml_tensor * mask, int64_t n_kv
     GGML_ASSERT(mask->nb[0] == ggml_type_size(mask->type));
 }
 
-struct ggml_tensor * ggml_adamas_select(
+static struct ggml_tensor * ggml_adamas_select_impl(
         struct ggml_context * ctx,
         struct ggml_tensor  * qc,
         struct ggml_tensor  * kc,
         struct ggml_tensor  * mask,
+        struct ggml_tensor  * cells,
         int                   budget,
         enum ggml_adamas_select_mode mode) {
     GGML_ASSERT(qc->type == GGML_TYPE_I8 && kc->type == GGML_TYPE_I8);
@@ -111,6 +112,10 @@ struct ggml_tensor * ggml_adamas_select(
     // distances are uint16 in the kernels: 3*D per query head, summed over a group
     GGML_ASSERT(3*4*qc->ne[0]*(mode == GGML_ADAMAS_SELECT_GROUP ? qc->ne[1]/kc->ne[1] : 1) + 1 < 65535);
     ggml_adamas_check_mask(mask, kc->ne[2], qc->ne[2], qc->ne[3]);
+    if (cells) {
+        GGML_ASSERT(cells->type == GGML_TYPE_I32 && cells->nb[0] == sizeof(int32_t));
+        GGML_ASSERT(cells->ne[0] > 0 && cells->ne[1] == qc->ne[2] && cells->ne[2] == qc->ne[3] && cells->ne[3] == 1);
+    }
 
     const int64_t n_sel = mode == GGML_ADAMAS_SELECT_HEAD ? qc->ne[1] : kc->ne[1];
     const int64_t ne[4] = { budget, n_sel, qc->ne[2], qc->ne[3] };
@@ -123,8 +128,31 @@ struct ggml_tensor * ggml_adamas_select(
     result->src[0] = qc;
     result->src[1] = kc;
     result->src[2] = mask;
+    result->src[3] = cells;
 
     return result;
+}
+
+struct ggml_tensor * ggml_adamas_select(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * qc,
+        struct ggml_tensor  * kc,
+        struct ggml_tensor  * mask,
+        int                   budget,
+        enum ggml_adamas_select_mode mode) {
+    return ggml_adamas_select_impl(ctx, qc, kc, mask, NULL, budget, mode);
+}
+
+struct ggml_tensor * ggml_adamas_select_cells(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * qc,
+        struct ggml_tensor  * kc,
+        struct ggml_tensor  * mask,
+        struct ggml_tensor  * cells,
+        int                   budget,
+        enum ggml_adamas_select_mode mode) {
+    GGML_ASSERT(cells != NULL);
+    return ggml_adamas_select_impl(ctx, qc, kc, mask, cells, budget, mode);
 }
 
 static struct ggml_tensor * ggml_adamas_attn_impl(

@@ -12,6 +12,11 @@
 //              one per thread, else by a bitonic sort in shared memory.
 //
 // The result is the CPU kernel's exactly: same distances, same tie rule. O(n_kv) work, no global sort.
+//
+// With a candidate list (ggml_adamas_select_cells) both kernels run over list positions instead of cells: the
+// distance of position j of a row is that of the cell its list holds there (-1: none), the emit compacts by
+// position from the highest down (the highest cell down: the list is increasing) and writes the listed cell.
+// Work and scratch are then n_cand per row, not n_kv.
 
 #include "adamas-common.cuh"
 #ifndef ADAMAS_CUDA_STANDALONE
@@ -35,8 +40,10 @@ struct adamas_select_args {
     const char * qc;  int64_t qnb1, qnb2, qnb3;   // query codes [D/4, n_head, n_q, ns]
     const char * kc;  int64_t knb1, knb2, knb3;   // key codes   [D/4, n_head_kv, n_kv, ns]
     const char * mask; bool mask_f16; int64_t mnb1, mnb3, mne3;
+    const char * cells; int64_t cnb1, cnb2;       // I32 candidate lists [n_cand, n_q, ns] or NULL
 
-    int64_t n_head, n_head_kv, n_gqa, n_q, ns, n_kv;
+    int64_t n_head, n_head_kv, n_gqa, n_q, ns;
+    int64_t n_kv;      // positions ranked per row: the cells of kc, or n_cand with a list
     bool    group;
     int     budget;
     int64_t n_sel;     // selection rows per (query, stream)
@@ -88,15 +95,17 @@ static __device__ __forceinline__ uint32_t adamas_l1(const uint32_t * q, const u
     return d;
 }
 
-// One round of a distance block: DU cells per thread, step apart, from cell cb (32-bit cell indices: the op
-// refuses n_kv >= INT32_MAX). cls: 0 ranked, 1 -INF, 2 +INF, 3 past the chunk.
+// One round of a distance block: DU positions per thread, step apart, from position cb (32-bit cell indices:
+// the op refuses n_kv >= INT32_MAX); a position is a cell, or with a list (crow) the cell the list holds there.
+// cls: 0 ranked, 1 -INF (or a -1 list entry), 2 +INF, 3 past the chunk.
 template <int D, bool VEC, int DU>
 static __device__ __forceinline__ void adamas_dist_load(const char * kb, int64_t knb2, const char * mrow, bool mask_f16,
-        int cb, int step, int c1, uint32_t (&k)[DU][D/16], int (&cls)[DU]) {
+        const int32_t * crow, int cb, int step, int c1, uint32_t (&k)[DU][D/16], int (&cls)[DU]) {
 #pragma unroll
     for (int u = 0; u < DU; ++u) {
-        const int c = cb + u*step;
-        cls[u] = c < c1 ? 0 : 3;
+        const int j = cb + u*step;
+        const int c = j < c1 && crow ? crow[j] : j;
+        cls[u] = j >= c1 ? 3 : c < 0 ? 1 : 0;
         if (cls[u] == 0) {
             // the code load does not wait for the mask: masked cells are few (padding, other sequences)
             adamas_load_code<D, VEC>(kb + (int64_t) c*knb2, k[u]);
@@ -214,6 +223,7 @@ adamas_select_dist_kernel(const adamas_select_args a) {
     const int     step  = blockDim.x / HB;              // cells per round and unroll slot
     const int64_t row0  = (a.group ? kvh : kvh*g) + a.n_sel*(iq + a.n_q*is);
     const char *  mrow  = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
+    const int32_t * crow = a.cells ? (const int32_t *) (a.cells + iq*a.cnb1 + is*a.cnb2) : nullptr;
     const char *  kb    = a.kc + kvh*a.knb1 + is*a.knb3;
     const uint32_t * qh = qw + hb*g*NW;
     int      * hrow = hs + hb*nh*nbins;
@@ -224,11 +234,11 @@ adamas_select_dist_kernel(const adamas_select_args a) {
         uint32_t k[DU][NW];
         int      cls[DU];
         int      cb = c0 + (int) threadIdx.x / HB;
-        adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, cb, step, c1, k, cls);
+        adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, crow, cb, step, c1, k, cls);
         for (; cb < c1; cb += DU*step) {
             uint32_t kn[DU][NW];
             int      clsn[DU];
-            adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, cb + DU*step, step, c1, kn, clsn);
+            adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, crow, cb + DU*step, step, c1, kn, clsn);
             adamas_dist_count<D, DU, ABL>(a.group, qh, hrow, drow, a.dist_stride, g, nh, nbins, cb, step, k, cls, lo, hi);
 #pragma unroll
             for (int u = 0; u < DU; ++u) {
@@ -243,7 +253,7 @@ adamas_select_dist_kernel(const adamas_select_args a) {
         for (int cb = c0 + (int) threadIdx.x / HB; cb < c1; cb += DU*step) {
             uint32_t k[DU][NW];
             int      cls[DU];
-            adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, cb, step, c1, k, cls);
+            adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, crow, cb, step, c1, k, cls);
             adamas_dist_count<D, DU, ABL>(a.group, qh, hrow, drow, a.dist_stride, g, nh, nbins, cb, step, k, cls, lo, hi);
         }
     }
@@ -332,6 +342,7 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
     const int32_t  * hist = a.hist + r*a.nbins;
     const uint16_t * dist = a.dist + r*a.dist_stride;
     int32_t * out = (int32_t *) (a.dst + hs*a.onb1 + iq*a.onb2 + is*a.onb3);
+    const int32_t * crow = a.cells ? (const int32_t *) (a.cells + iq*a.cnb1 + is*a.cnb2) : nullptr;
 
     // threshold d*: the first distance at which the running count reaches the budget; if it never does,
     // every visible cell is taken (n_out = all of them, d* = the largest distance present)
@@ -430,7 +441,8 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
             for (int j = 0; j < n_out; ++j) {
                 rank += keys[j] < key;
             }
-            out[rank] = (int32_t) ~(uint32_t) (key & 0xFFFFFFFFull);
+            const int32_t j = (int32_t) ~(uint32_t) (key & 0xFFFFFFFFull);
+            out[rank] = crow ? crow[j] : j;
         }
         for (int j = n_out + threadIdx.x; j < a.budget; j += blockDim.x) {
             out[j] = -1;
@@ -459,7 +471,8 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
     }
 
     for (int j = threadIdx.x; j < a.budget; j += blockDim.x) {
-        out[j] = j < n_out ? (int32_t) ~(uint32_t) (keys[j] & 0xFFFFFFFFull) : -1;
+        const int32_t p = j < n_out ? (int32_t) ~(uint32_t) (keys[j] & 0xFFFFFFFFull) : -1;
+        out[j] = p >= 0 && crow ? crow[p] : p;
     }
 }
 
@@ -575,6 +588,7 @@ static int64_t adamas_select_dist_stride(int64_t n_kv) {
 bool ggml_cuda_adamas_select_supported(int device, const ggml_tensor * op) {
     const ggml_tensor * qc   = op->src[0];
     const ggml_tensor * kc   = op->src[1];
+    const ggml_tensor * cells = op->src[3]; // candidate lists: I32 rows, any n_cand (the constructor checks them)
     const int     D      = (int) (4*qc->ne[0]);
     const int     budget = ggml_get_op_params_i32(op, 0);
     const bool    group  = ggml_get_op_params_i32(op, 1) == GGML_ADAMAS_SELECT_GROUP;
@@ -588,13 +602,14 @@ bool ggml_cuda_adamas_select_supported(int device, const ggml_tensor * op) {
     return ggml_adamas_supported_dim(D) && budget <= ADAMAS_SELECT_MAX_SORT &&
            (size_t) n_sort*sizeof(unsigned long long) <= smem_max &&
            adamas_select_dist_smem(D, n_gqa, group, nbins, 1) <= std::min<size_t>(smem_max, ADAMAS_SELECT_MAX_SMEM) &&
-           kc->ne[2] < INT32_MAX;
+           kc->ne[2] < INT32_MAX && (!cells || cells->ne[0] < INT32_MAX);
 }
 
 void ggml_cuda_op_adamas_select(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     const ggml_tensor * qc   = dst->src[0];
     const ggml_tensor * kc   = dst->src[1];
     const ggml_tensor * mask = dst->src[2];
+    const ggml_tensor * cells = dst->src[3];
 
     const int D = (int) (4*qc->ne[0]);
 
@@ -606,12 +621,15 @@ void ggml_cuda_op_adamas_select(ggml_backend_cuda_context & ctx, ggml_tensor * d
     a.mnb1 = mask ? mask->nb[1] : 0;
     a.mnb3 = mask ? mask->nb[3] : 0;
     a.mne3 = mask ? mask->ne[3] : 1;
+    a.cells = cells ? (const char *) cells->data : nullptr;
+    a.cnb1  = cells ? cells->nb[1] : 0;
+    a.cnb2  = cells ? cells->nb[2] : 0;
     a.n_head    = qc->ne[1];
     a.n_head_kv = kc->ne[1];
     a.n_gqa     = a.n_head/a.n_head_kv;
     a.n_q       = qc->ne[2];
     a.ns        = qc->ne[3];
-    a.n_kv      = kc->ne[2];
+    a.n_kv      = cells ? cells->ne[0] : kc->ne[2]; // the positions ranked
     a.budget    = ggml_get_op_params_i32(dst, 0);
     a.group     = ggml_get_op_params_i32(dst, 1) == GGML_ADAMAS_SELECT_GROUP;
     a.n_sel     = a.group ? a.n_head_kv : a.n_head;

@@ -164,9 +164,11 @@ static void check_encode(std::mt19937 & rng, int D, int n_head, int n_rows, int 
 
 // ---- select ----
 struct sel_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool group; int mask; int pool; bool vec;
-                  int hb = 0, rounds = 0, pipe = -1; }; // distance-kernel shape overrides (0/-1: the op's plan)
+                  int hb = 0, rounds = 0, pipe = -1;    // distance-kernel shape overrides (0/-1: the op's plan)
+                  int list = 0; };                      // candidate lists (ggml_adamas_select_cells), see below
 // mask: 0 none, 1 f16 with -INF holes and a few +INF, 2 f32 all -INF in query 0; pool: >0 draws codes from
-// that many distinct codes (ties)
+// that many distinct codes (ties); list: 0 none, 1 each query lists a random half of the cells (a sequence of a
+// unified cache), then -1 up to a padded length, 2 every cell with -1 entries between them (the result of no list)
 
 static void make_codes(std::mt19937 & rng, int D, int64_t n, int pool, std::vector<uint8_t> & c) {
     const int csz = D/4;
@@ -214,6 +216,25 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     const int64_t n_sel = sc.group ? sc.n_head_kv : nh;
     const int64_t nrows = n_sel*n_q;
 
+    // candidate lists [n_q][n_cand], increasing, -1 padding; listed[iq*n_kv + c]: c is a candidate of query iq
+    std::vector<char> listed((size_t) n_q*n_kv, sc.list == 0);
+    std::vector<std::vector<int32_t>> rows(n_q);
+    int n_cand = 0;
+    if (sc.list > 0) {
+        for (int iq = 0; iq < n_q; ++iq) {
+            for (int c = 0; c < n_kv; ++c) {
+                if (sc.list == 2 && rng() % 5 == 0) rows[iq].push_back(-1);
+                if (sc.list == 2 || rng() % 2 == 0) { rows[iq].push_back(c); listed[(size_t) iq*n_kv + c] = 1; }
+            }
+            n_cand = std::max(n_cand, (int) rows[iq].size());
+        }
+        n_cand += 1 + (int) (rng() % 40);
+    }
+    std::vector<int32_t> cl((size_t) n_q*n_cand, -1);
+    for (int iq = 0; iq < n_q; ++iq) std::copy(rows[iq].begin(), rows[iq].end(), cl.begin() + (size_t) iq*n_cand);
+    dbuf<int32_t> dcl(cl.size()); if (!cl.empty()) dcl.up(cl);
+    const int n_pos = sc.list > 0 ? n_cand : n_kv; // what the kernels rank per row
+
     dbuf<uint8_t> dq(qc.size()); dq.up(qc);
     dbuf<uint8_t> dk(kcache.size()); dk.up(kcache);
     dbuf<uint16_t> dmh(mh.size()); if (!mh.empty()) dmh.up(mh);
@@ -226,10 +247,11 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     a.mask = sc.mask == 1 ? (const char *) dmh.p : sc.mask == 2 ? (const char *) dmf.p : nullptr;
     a.mask_f16 = sc.mask == 1;
     a.mnb1 = (int64_t) n_kv*(sc.mask == 1 ? 2 : 4); a.mnb3 = a.mnb1*n_q; a.mne3 = 1;
-    a.n_head = nh; a.n_head_kv = sc.n_head_kv; a.n_gqa = sc.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_kv;
+    a.cells = sc.list > 0 ? (const char *) dcl.p : nullptr; a.cnb1 = (int64_t) n_cand*4; a.cnb2 = a.cnb1*n_q;
+    a.n_head = nh; a.n_head_kv = sc.n_head_kv; a.n_gqa = sc.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_pos;
     a.group = sc.group; a.budget = sc.budget; a.n_sel = n_sel;
     a.nbins = adamas_select_nbins(D, sc.n_gqa, sc.group); a.nrows = nrows;
-    a.dist_stride = adamas_select_dist_stride(n_kv);
+    a.dist_stride = adamas_select_dist_stride(n_pos);
     dbuf<uint16_t> ddist(nrows*a.dist_stride); dbuf<int32_t> dhist(nrows*a.nbins);
     a.dist = ddist.p; a.hist = dhist.p;
     { cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0)); a.n_sm = prop.multiProcessorCount; }
@@ -239,7 +261,7 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     if (sc.hb > 0) a.hb = sc.hb;
     if (sc.rounds > 0) a.chunk = sc.rounds*adamas_select_round(a.hb, D);
     if (sc.pipe >= 0) a.pipe = sc.pipe != 0;
-    if (n_blocks) *n_blocks = (a.n_head_kv/a.hb)*((n_kv + a.chunk - 1)/a.chunk)*n_q;
+    if (n_blocks) *n_blocks = (a.n_head_kv/a.hb)*((n_pos + a.chunk - 1)/a.chunk)*n_q;
     adamas_select_run(a, D, sc.vec, 0);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
     if (idx) *idx = dout.down();
@@ -260,7 +282,7 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
         std::vector<std::pair<int, int>> cand; // (rank distance, cell)
         for (int c = 0; c < n_kv; ++c) {
             const int cls = mcls[(size_t) iq*n_kv + c];
-            if (cls == 1) continue;
+            if (cls == 1 || !listed[(size_t) iq*n_kv + c]) continue;
             int d = 0;
             if (cls == 2) d = -1;
             else {
@@ -278,8 +300,8 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
             if (o[j] != want) { bad++; break; }
         }
     }
-    EXPECT(bad == 0, "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d %s mask=%d pool=%d vec=%d: %d rows differ",
-           D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.budget, sc.group ? "GROUP" : "HEAD", sc.mask, sc.pool, sc.vec, bad);
+    EXPECT(bad == 0, "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d %s mask=%d pool=%d vec=%d list=%d n_cand=%d: %d rows differ",
+           D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.budget, sc.group ? "GROUP" : "HEAD", sc.mask, sc.pool, sc.vec, sc.list, n_cand, bad);
 }
 
 // ---- attention ----
@@ -432,6 +454,20 @@ static int do_check(unsigned seed, bool quick) {
     run_select({128, 8, 4, 40000, 1, 4096, false, 0, 2, true}, rng, true);
     run_select({64, 1, 32, 5000, 1, 100, true, 1, 0, true}, rng, true);   // MQA: 32 heads on one KV head
     run_select({256, 1, 16, 3000, 3, 300, false, 1, 5, true}, rng, true);
+    // candidate lists: a random half of the cells per query and every cell with -1 between, masks with -INF and
+    // +INF cells, ties, budgets past the list, several queries, head and group rows, the distance-kernel shapes
+    for (int D : {32, 64, 128, 256}) for (bool group : {false, true}) for (int list : {1, 2}) {
+        for (int n_kv : {1, 37, 700, 9000}) for (int budget : {1, 64, 1000}) {
+            sel_case sc = {D, 2, group ? 4 : 3, n_kv, 1 + (n_kv + budget) % 3, budget, group, (n_kv + budget + D) % 3,
+                           n_kv % 2 ? 3 : 0, (D + n_kv) % 4 != 0};
+            if (sc.mask == 2 && sc.n_q < 2) sc.n_q = 2;
+            sc.list = list;
+            run_select(sc, rng, true);
+        }
+        sel_case sc = {D, 4, 2, 3000, 2, 100, group, 1, 0, true};
+        sc.list = list; sc.hb = 2; sc.rounds = 2; sc.pipe = D % 64 == 0;
+        run_select(sc, rng, true);
+    }
     for (int D : {32, 64, 128, 256}) for (int kt : {0, 1, 2, 3, 4}) for (int gqa : {1, 3, 8}) for (bool per_head : {false, true}) {
         run_attn({D, 2, gqa, 500, 1 + (kt % 2), 1 + (D*kt + gqa) % 300, per_head, kt, (kt + gqa) % 2 == 0, kt == 2 ? 20.0f : 0.0f}, rng, true);
     }
