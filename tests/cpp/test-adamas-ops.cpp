@@ -3,7 +3,8 @@
 //   encode:      y = H x / sqrt(D) as a plain matrix product with the Sylvester Hadamard matrix, the paper's
 //                four buckets, packed into the header's bit planes; also the set_rows form
 //   select:      codes decoded back to 0..3 per dimension, L1 as a plain integer sum (not the popcount
-//                formula), ranked by (distance asc, cell desc), first `budget`, -1 padding
+//                formula), ranked by (distance asc, cell desc) after the +INF (forced) cells, first `budget`,
+//                -1 padding; with a candidate list (select_cells) only the listed cells are ranked
 //   attention:   softmax over the selected visible cells in double, K/V dequantized by our own scalar code
 // Inputs are random, drawn fresh from a printed seed; every output is poisoned before each run so a kernel
 // that writes nothing (or skips a part) fails. Codes and indices must match exactly; attention within a
@@ -486,7 +487,7 @@ struct select_ref {
 };
 
 static select_ref ref_select(const ggml_tensor * qc, const ggml_tensor * kc, const ggml_tensor * mask, int budget,
-                             ggml_adamas_select_mode mode) {
+                             ggml_adamas_select_mode mode, const ggml_tensor * cells = nullptr) {
     const int D         = (int) (4*qc->ne[0]);
     const int n_head    = (int) qc->ne[1];
     const int n_q       = (int) qc->ne[2];
@@ -503,8 +504,18 @@ static select_ref ref_select(const ggml_tensor * qc, const ggml_tensor * kc, con
     r.idx.assign((size_t) budget*n_sel*n_q*ns, -1);
     r.dist.assign((size_t) n_kv*n_sel*n_q*ns, 0);
     std::vector<std::pair<int, int>> ranked; // (distance, cell)
+    std::vector<char> listed(n_kv);
     for (int s = 0; s < ns; s++) {
         for (int iq = 0; iq < n_q; iq++) {
+            // the candidates of this query: its list's cells, or every cell
+            std::fill(listed.begin(), listed.end(), cells == nullptr);
+            for (int64_t j = 0; cells && j < cells->ne[0]; j++) {
+                int32_t c;
+                memcpy(&c, elem_ptr(cells, j, iq, s, 0), sizeof(c));
+                if (c >= 0) {
+                    listed[c] = 1;
+                }
+            }
             for (int u = 0; u < n_sel; u++) {
                 int32_t * dist = r.dist.data() + (((size_t) s*n_q + iq)*n_sel + u)*n_kv;
                 ranked.clear();
@@ -519,8 +530,9 @@ static select_ref ref_select(const ggml_tensor * qc, const ggml_tensor * kc, con
                         }
                     }
                     dist[c] = dsum;
-                    if (mask_value(mask, c, iq, s) != -INFINITY) {
-                        ranked.emplace_back(dsum, c);
+                    const double m = mask_value(mask, c, iq, s);
+                    if (listed[c] && m != -INFINITY) {
+                        ranked.emplace_back(m == INFINITY ? -1 : dsum, c); // +INF: ahead of every ranked cell
                     }
                 }
                 std::sort(ranked.begin(), ranked.end(), [](const std::pair<int, int> & x, const std::pair<int, int> & y) {
@@ -576,11 +588,15 @@ struct select_case {
     double full_frac;    // fraction of fully masked query rows
     int ties;            // 0: random key codes; 1: drawn from a pool of 2-3 vectors per KV head; 2: all identical
     int n_threads;
+    int list = 0;        // candidate lists (select_cells): 0 none; 1 a random part of the cells per query (some
+                         // visible ones left out); 2 every visible cell and some hidden ones (equals no list)
+    double forced_frac = 0.0; // fraction of +INF (always chosen) mask cells
 
     std::string str() const {
-        return strfmt("select [D=%d n_head_kv=%d gqa=%d n_kv=%d n_q=%d ns=%d budget=%d %s kv_size=%d mask=%s%s pad=%d holes=%.2f full=%.2f ties=%d threads=%d]",
+        return strfmt("select [D=%d n_head_kv=%d gqa=%d n_kv=%d n_q=%d ns=%d budget=%d %s kv_size=%d mask=%s%s pad=%d holes=%.2f full=%.2f ties=%d threads=%d list=%d forced=%.2f]",
             D, n_head_kv, n_gqa, n_kv, n_q, ns, budget, mode == GGML_ADAMAS_SELECT_HEAD ? "HEAD" : "GROUP", kv_size,
-            type_name(mask_type), mask_type != GGML_TYPE_COUNT && mask_bcast ? "(bcast)" : "", n_q_pad, hole_frac, full_frac, ties, n_threads);
+            type_name(mask_type), mask_type != GGML_TYPE_COUNT && mask_bcast ? "(bcast)" : "", n_q_pad, hole_frac, full_frac, ties, n_threads,
+            list, forced_frac);
     }
 };
 
@@ -652,27 +668,86 @@ static ggml_tensor * make_key_codes(ggml_context * ctx, int D, int n_head_kv, in
     return kc;
 }
 
+// Candidate lists [n_cand, n_q, ns] for select_cells (see select_case::list): increasing cells, -1 entries
+// between them and after them (a padded length).
+static ggml_tensor * make_cells(ggml_context * ctx, const ggml_tensor * mask, int kind, int n_kv, int n_q, int ns) {
+    std::vector<std::vector<int32_t>> rows((size_t) n_q*ns);
+    size_t n_max = 1;
+    for (int s = 0; s < ns; s++) {
+        for (int iq = 0; iq < n_q; iq++) {
+            auto & row = rows[(size_t) s*n_q + iq];
+            for (int c = 0; c < n_kv; c++) {
+                if (urand() < 0.1) {
+                    row.push_back(-1);
+                }
+                const bool visible = mask_value(mask, c, iq, s) != -INFINITY;
+                if (kind == 1 ? urand() < 0.6 : visible || urand() < 0.3) {
+                    row.push_back(c);
+                }
+            }
+            n_max = std::max(n_max, row.size());
+        }
+    }
+    ggml_tensor * cells = ggml_new_tensor_3d(ctx, GGML_TYPE_I32, (int64_t) n_max + irand(0, 40), n_q, ns);
+    for (int s = 0; s < ns; s++) {
+        for (int iq = 0; iq < n_q; iq++) {
+            const auto & row = rows[(size_t) s*n_q + iq];
+            for (int64_t j = 0; j < cells->ne[0]; j++) {
+                const int32_t c = j < (int64_t) row.size() ? row[j] : -1;
+                memcpy(elem_ptr(cells, j, iq, s, 0), &c, sizeof(c));
+            }
+        }
+    }
+    return cells;
+}
+
+// +INF (always chosen) at a fraction of the visible cells of a mask
+static void add_forced(ggml_tensor * mask, double frac) {
+    for (int64_t s = 0; mask && frac > 0.0 && s < mask->ne[3]; s++) {
+        for (int64_t iq = 0; iq < mask->ne[1]; iq++) {
+            for (int64_t c = 0; c < mask->ne[0]; c++) {
+                if (get_f(mask, c, iq, 0, s) != -INFINITY && urand() < frac) {
+                    set_f(mask, c, iq, 0, s, INFINITY);
+                }
+            }
+        }
+    }
+}
+
 static void test_select(const select_case & tc) {
     const int n_head = tc.n_head_kv*tc.n_gqa;
     const int n_sel  = tc.mode == GGML_ADAMAS_SELECT_HEAD ? n_head : tc.n_head_kv;
     ggml_context * ctx = new_ctx((size_t) n_head*tc.D/4*tc.n_q*tc.ns + (size_t) tc.n_head_kv*tc.D/4*std::max(tc.n_kv, tc.kv_size)*tc.ns +
-                                 (size_t) tc.n_kv*tc.n_q_pad*tc.ns*4 + (size_t) tc.budget*n_sel*tc.n_q*tc.ns*4);
+                                 (size_t) tc.n_kv*tc.n_q_pad*tc.ns*4 + (size_t) 2*tc.budget*n_sel*tc.n_q*tc.ns*4 +
+                                 (tc.list ? (size_t) 2*(tc.n_kv + 64)*tc.n_q*tc.ns*4 : 0));
 
     ggml_tensor * qc = ggml_new_tensor_4d(ctx, GGML_TYPE_I8, tc.D/4, n_head, tc.n_q, tc.ns);
     fill_random_bytes(qc);
     ggml_tensor * kc   = make_key_codes(ctx, tc.D, tc.n_head_kv, tc.n_kv, tc.ns, tc.kv_size, tc.ties);
     ggml_tensor * mask = make_mask(ctx, tc.mask_type, tc.n_kv, tc.n_q_pad, tc.ns, tc.mask_bcast, tc.hole_frac, tc.full_frac,
                                    false, 0.05);
+    add_forced(mask, tc.forced_frac);
+    ggml_tensor * cells = tc.list ? make_cells(ctx, mask, tc.list, tc.n_kv, tc.n_q, tc.ns) : nullptr;
 
-    ggml_tensor * res = ggml_adamas_select(ctx, qc, kc, mask, tc.budget, tc.mode);
-    ggml_cgraph * gf = build(ctx, {res});
+    ggml_tensor * res = cells ? ggml_adamas_select_cells(ctx, qc, kc, mask, cells, tc.budget, tc.mode)
+                              : ggml_adamas_select(ctx, qc, kc, mask, tc.budget, tc.mode);
+    // a list that holds every visible cell: the same result as no list, from the op itself
+    ggml_tensor * res_all = tc.list == 2 ? ggml_adamas_select(ctx, qc, kc, mask, tc.budget, tc.mode) : nullptr;
+    ggml_cgraph * gf = res_all ? build(ctx, {res, res_all}) : build(ctx, {res});
     poison(res, 0x7f); // 0x7f7f7f7f is neither a cell nor -1
+    if (res_all) {
+        poison(res_all, 0x7e);
+    }
     if (!compute(gf, tc.n_threads)) {
         check(false, tc.str(), "graph compute failed");
     } else {
-        const select_ref  r = ref_select(qc, kc, mask, tc.budget, tc.mode);
+        const select_ref  r = ref_select(qc, kc, mask, tc.budget, tc.mode, cells);
         const std::string d = select_diff(res, r, tc.n_kv);
         check(d.empty(), tc.str(), d);
+        if (res_all) {
+            check(memcmp(res->data, res_all->data, ggml_nbytes(res)) == 0, tc.str() + " (list of every visible cell vs no list)",
+                  "the results differ");
+        }
     }
     ggml_free(ctx);
 }
@@ -1285,6 +1360,37 @@ static void run_select_tests() {
     test_select({32,  1, 3, 40,   4, 2, 64,  GGML_ADAMAS_SELECT_GROUP, 0,    GGML_TYPE_F32,   false, 4,  0.5, 0.5, 0, 3});
     test_select({64,  2, 1, 50,   2, 1, 8,   GGML_ADAMAS_SELECT_HEAD,  64,   GGML_TYPE_F16,   false, 2,  1.0, 0.0, 0, 2});
     test_select({256, 1, 8, 777,  1, 1, 128, GGML_ADAMAS_SELECT_GROUP, 0,    GGML_TYPE_COUNT, false, 1,  0.0, 0.0, 0, 1});
+    // +INF (forced) cells ahead of the ranked ones
+    for (ggml_adamas_select_mode mode : {GGML_ADAMAS_SELECT_HEAD, GGML_ADAMAS_SELECT_GROUP}) {
+        select_case tc = random_select_case(pick<int>(k_dims), pick<int>({1, 3, 4, 8}), mode, n++);
+        tc.mask_type   = GGML_TYPE_F16;
+        tc.forced_frac = 0.05;
+        test_select(tc);
+    }
+    // candidate lists (a unified cache: each query its own sequence's cells): random parts of the cells (lists
+    // that skip visible cells), and every visible cell plus hidden ones (equal to no list); -1 entries between
+    // and after; several queries and streams, masks with +INF cells, ties, budgets past the list
+    for (int list : {1, 2}) {
+        for (ggml_adamas_select_mode mode : {GGML_ADAMAS_SELECT_HEAD, GGML_ADAMAS_SELECT_GROUP}) {
+            for (int rep = 0; rep < 4; rep++) {
+                select_case tc = random_select_case(pick<int>(k_dims), pick<int>({1, 3, 4, 8}), mode, n++);
+                tc.list        = list;
+                tc.forced_frac = rep % 2 ? 0.03 : 0.0;
+                tc.mask_type   = rep == 3 ? GGML_TYPE_F32 : rep == 2 && list == 1 ? GGML_TYPE_COUNT : GGML_TYPE_F16;
+                tc.ties        = rep == 1 ? 1 : tc.ties;
+                tc.n_q_pad     = std::max(tc.n_q_pad, tc.n_q);
+                if (rep == 0) {
+                    tc.n_q = 3;
+                    tc.ns  = 2;
+                    tc.n_q_pad = 8;
+                    tc.mask_bcast = false;
+                }
+                test_select(tc);
+            }
+        }
+    }
+    test_select({128, 2, 4, 3000, 1, 1, 256, GGML_ADAMAS_SELECT_GROUP, 0, GGML_TYPE_F16, false, 1, 0.1, 0.0, 0, 3, 2, 0.01});
+    test_select({64,  2, 4, 300,  4, 2, 500, GGML_ADAMAS_SELECT_HEAD,  0, GGML_TYPE_F16, false, 4, 0.3, 0.3, 1, 2, 1, 0.02});
 }
 
 static attn_case random_attn_case(int D, ggml_type type, int n, int n_gqa = 0) {
