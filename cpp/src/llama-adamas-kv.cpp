@@ -46,13 +46,16 @@ static const char * adamas_layer_reason(const llama_hparams & hp, uint32_t il) {
 // the view (masked ones are -1 slots), so that the exact logits keep each query head's true top budget; the
 // pool is in code rank order, so equal logits keep the better code rank. The select ranks the forced cells
 // (sinks, recent tokens) first, so the rerank keeps its first n_sink + n_recent slots whatever their logits.
+// cells (or NULL): each query's candidate cells (its own sequence's in a unified cache); the exact pool is then
+// every listed cell.
 static ggml_tensor * adamas_select_attn(ggml_context * ctx, const llama_adamas_params & p, int32_t budget,
-        ggml_tensor * qc, ggml_tensor * kc, ggml_tensor * sel_mask, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
-        ggml_tensor * mask, float scale, float softcap, ggml_tensor ** idx_out) {
+        ggml_tensor * qc, ggml_tensor * kc, ggml_tensor * sel_mask, ggml_tensor * cells, ggml_tensor * q, ggml_tensor * k,
+        ggml_tensor * v, ggml_tensor * mask, float scale, float softcap, ggml_tensor ** idx_out) {
     const bool exact = p.select_mode == LLAMA_ADAMAS_SELECT_EXACT;
-    const int32_t pool = exact ? (int32_t) kc->ne[2] : budget*p.rerank;
-    ggml_tensor * idx = ggml_adamas_select(ctx, qc, kc, sel_mask, pool,
-            exact ? GGML_ADAMAS_SELECT_HEAD : (ggml_adamas_select_mode) p.select_mode);
+    const int32_t pool = exact ? (int32_t) (cells ? cells->ne[0] : kc->ne[2]) : budget*p.rerank;
+    const auto mode = exact ? GGML_ADAMAS_SELECT_HEAD : (ggml_adamas_select_mode) p.select_mode;
+    ggml_tensor * idx = cells ? ggml_adamas_select_cells(ctx, qc, kc, sel_mask, cells, pool, mode)
+                              : ggml_adamas_select(ctx, qc, kc, sel_mask, pool, mode);
     if (idx_out) {
         *idx_out = idx;
     }
@@ -80,7 +83,7 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
     // the exact reference's pool is every cell of the view, up to the whole cache
     const int64_t n_kv   = p.select_mode == LLAMA_ADAMAS_SELECT_EXACT ? std::max<int64_t>(256, c->ne[1]) : 256;
 
-    ggml_init_params ip = { 16*ggml_tensor_overhead(), nullptr, /*no_alloc*/ true };
+    ggml_init_params ip = { 24*ggml_tensor_overhead(), nullptr, /*no_alloc*/ true };
     ggml_context_ptr ctx(ggml_init(ip));
     ggml_context * c0 = ctx.get();
 
@@ -97,10 +100,13 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
 
     ggml_tensor * enc_k = ggml_adamas_encode_set_rows(c0, codes, kcur, idxs, thr_mode, p.thr_k, false);
     ggml_tensor * enc_q = ggml_adamas_encode(c0, q, thr_mode, p.thr_q, false);
+    ggml_tensor * cells = ggml_new_tensor_3d(c0, GGML_TYPE_I32, n_kv/2, 1, 1); // a unified cache's candidate lists
     ggml_tensor * sel   = nullptr;
-    ggml_tensor * attn  = adamas_select_attn(c0, p, std::max(1, p.budget), enc_q, kc, mask, qp, kk, vv, mask, 1.0f, 0.0f, &sel);
+    ggml_tensor * sel_c = nullptr;
+    ggml_tensor * attn  = adamas_select_attn(c0, p, std::max(1, p.budget), enc_q, kc, mask, nullptr, qp, kk, vv, mask, 1.0f, 0.0f, &sel);
+    ggml_tensor * attn_c = adamas_select_attn(c0, p, std::max(1, p.budget), enc_q, kc, mask, cells, qp, kk, vv, mask, 1.0f, 0.0f, &sel_c);
 
-    for (ggml_tensor * op : { enc_k, enc_q, sel, attn }) {
+    for (ggml_tensor * op : { enc_k, enc_q, sel, attn, sel_c, attn_c }) {
         if (!ggml_backend_dev_supports_op(dev, op)) {
             static thread_local std::string msg;
             msg = std::string(ggml_backend_dev_name(dev)) + " cannot run " + ggml_op_desc(op) + " for this layer (K " +
@@ -484,9 +490,13 @@ struct llama_adamas_plan {
     bool codes  = false;          // key codes are written: some stream of the ubatch is past the budget
     bool sparse = false;          // and it is a decode step: sparse attention
     std::vector<uint32_t> recode; // stale streams of the ubatch whose codes are rebuilt from K (codes only)
+    int64_t n_cand = 0;           // > 0 (sparse): the select ranks per query a list of this many cells (its sequence's)
 
-    bool operator==(const llama_adamas_plan & o) const { return codes == o.codes && sparse == o.sparse && recode == o.recode; }
+    bool operator==(const llama_adamas_plan & o) const {
+        return codes == o.codes && sparse == o.sparse && recode == o.recode && n_cand == o.n_cand;
+    }
 };
+
 
 // One per graph built with a budget: counts sparse steps, keeps graph reuse honest about the plan, marks the
 // streams' codes stale or fresh as the plan leaves them, and holds the select mask that marks sink and recent
@@ -497,9 +507,11 @@ public:
         : mctx(mctx), p(p), causal(causal), plan(std::move(plan)) {}
 
     void set_input(const llama_ubatch * ubatch) override;
+    void set_cells(const llama_ubatch * ubatch);
     bool can_reuse(const llm_graph_params & params) override;
 
     static llama_adamas_plan decide(const llama_kv_cache_context * mctx, const llama_ubatch & ub, const llama_adamas_params & p);
+    static int64_t n_cand_of(const llama_kv_cache_context * mctx, const llama_ubatch & ub);
 
     const llama_kv_cache_context * mctx;
     const llama_adamas_params p;
@@ -507,7 +519,30 @@ public:
     const llama_adamas_plan plan;
     int32_t n_sparse_layers = 0;
     ggml_tensor * sel_mask = nullptr; // F16/F32 like the KQ mask, with +INF at kept cells
+    ggml_tensor * cells    = nullptr; // I32 [plan.n_cand, n_tps, ns]: each query's sequence's cells, -1 padded
 };
+
+// Candidate list length of a sparse step: each query's select ranks only the cells of its sequence (upstream's
+// KQ mask hides every other cell: set_input_kq_mask keeps a cell only if it holds the token's seq_id[0]), so
+// in a stream holding several sequences (a unified cache) the work and scratch are one sequence's, not the
+// stream's. Padded to 256 cells (as n_kv is) so the graph shape changes as rarely as the view's; 0 where the list
+// would not be shorter than the view (one sequence per stream).
+int64_t llama_adamas_kv::input::n_cand_of(const llama_kv_cache_context * mctx, const llama_ubatch & ub) {
+    const llama_kv_cache * kv = mctx->kv;
+    const auto & sinfo = mctx->sinfos[mctx->i_cur];
+    const int64_t n_kv  = mctx->get_n_kv();
+    const uint32_t n_tps = ub.n_tokens/sinfo.n_stream();
+    size_t n_max = 1;
+    for (uint32_t i = 0; i < ub.n_tokens; ++i) {
+        if (!ub.seq_id[i] || ub.n_seq_id[i] < 1) {
+            return 0; // a graph reserve's ubatch names no sequences: size it without lists (the larger scratch)
+        }
+        const auto & cells = kv->v_cells[sinfo.strm[i/n_tps]];
+        n_max = std::max(n_max, cells.seq_pos_get(ub.seq_id[i][0]).size());
+    }
+    const int64_t n_cand = GGML_PAD((int64_t) n_max, 256);
+    return n_cand < n_kv ? n_cand : 0;
+}
 
 // While every stream of the ubatch holds at most the budget (counting this ubatch), dense attention is exact
 // and cheaper, and no codes are needed: the graph is upstream's, and the streams' codes go stale. Past it, a
@@ -525,6 +560,7 @@ llama_adamas_plan llama_adamas_kv::input::decide(const llama_kv_cache_context * 
     }
     plan.codes  = n_used > (uint32_t) p.budget;
     plan.sparse = plan.codes && ub.n_tokens == ub.n_seqs_unq;
+    plan.n_cand = plan.sparse ? n_cand_of(mctx, ub) : 0;
     for (uint32_t s = 0; s < sinfo.n_stream() && plan.codes; ++s) {
         // every stale stream of the ubatch, not only those past the budget: the select ranks all of them
         if (kv->adamas.is_stale(sinfo.strm[s])) {
@@ -558,6 +594,9 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
     }
     mctx->kv->adamas.n_sparse_steps++;
 
+    if (cells && cells->buffer) {
+        set_cells(ubatch);
+    }
     if (!sel_mask || !sel_mask->buffer) {
         return;
     }
@@ -603,6 +642,46 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
             }
             for (int64_t i = n - n_recent; i < n; ++i) {
                 keep(i);
+            }
+        }
+    }
+}
+
+// Each query row's candidate list: the cells of the view holding its token's seq_id[0] (a superset of those the
+// KQ mask shows it; the mask hides the rest), in increasing order, then -1.
+void llama_adamas_kv::input::set_cells(const llama_ubatch * ubatch) {
+    GGML_ASSERT(ggml_backend_buffer_is_host(cells->buffer));
+    const int64_t n_cand = cells->ne[0];
+    const int64_t n_tps  = cells->ne[1];
+    const int64_t n_str  = cells->ne[2];
+    const uint32_t n_kv  = mctx->get_n_kv();
+    const auto & sinfo = mctx->sinfos[mctx->i_cur];
+    GGML_ASSERT(ubatch->n_tokens == n_tps*n_str);
+    std::vector<llama_seq_id> seqs;
+    std::vector<int32_t> list;
+    for (int64_t s = 0; s < n_str; ++s) {
+        const auto & vc = mctx->kv->v_cells[sinfo.strm[s]];
+        // one list per sequence of the stream's rows, written to each of its rows
+        seqs.clear();
+        for (int64_t r = 0; r < n_tps; ++r) {
+            const llama_seq_id id = ubatch->seq_id[s*n_tps + r][0];
+            if (std::find(seqs.begin(), seqs.end(), id) == seqs.end()) {
+                seqs.push_back(id);
+            }
+        }
+        for (llama_seq_id id : seqs) {
+            list.assign(n_cand, -1);
+            int64_t n = 0;
+            for (uint32_t c = 0; c < n_kv; ++c) {
+                if (vc.seq_has(c, id)) {
+                    GGML_ASSERT(n < n_cand && "Adamas candidate list longer than planned");
+                    list[n++] = (int32_t) c;
+                }
+            }
+            for (int64_t r = 0; r < n_tps; ++r) {
+                if (ubatch->seq_id[s*n_tps + r][0] == id) {
+                    memcpy((char *) cells->data + r*cells->nb[1] + s*cells->nb[2], list.data(), n_cand*sizeof(int32_t));
+                }
             }
         }
     }
@@ -692,6 +771,12 @@ ggml_tensor * llama_adamas_kv::build_attn(
             ggml_set_input(obj->sel_mask);
             ggml_set_name(obj->sel_mask, "adamas_sel_mask");
         }
+        if (obj->plan.n_cand > 0) {
+            // k: [D, n_head_kv, n_kv, ns]; one list per query (the ubatch's tokens, n_tps per stream)
+            obj->cells = ggml_new_tensor_3d(ctx0, GGML_TYPE_I32, obj->plan.n_cand, q_cur->ne[2]/k->ne[3], k->ne[3]);
+            ggml_set_input(obj->cells);
+            ggml_set_name(obj->cells, "adamas_cells");
+        }
         ai = static_cast<llama_adamas_kv::input *>(g.res->add_input(std::move(obj)));
         *slot = ai;
     }
@@ -745,8 +830,8 @@ ggml_tensor * llama_adamas_kv::build_attn(
 
     const float softcap = g.hparams.attn_soft_cap ? g.hparams.f_attn_logit_softcapping : 0.0f;
     ggml_tensor * idx = nullptr;
-    ggml_tensor * cur = adamas_select_attn(ctx0, p, p.budget, qc, kc, ai->sel_mask ? ai->sel_mask : kq_mask, qp, kp, vp,
-            kq_mask, kq_scale, softcap, &idx);
+    ggml_tensor * cur = adamas_select_attn(ctx0, p, p.budget, qc, kc, ai->sel_mask ? ai->sel_mask : kq_mask, ai->cells,
+            qp, kp, vp, kq_mask, kq_scale, softcap, &idx);
     g.cb(idx, "adamas_idx", il);
 
     return ggml_reshape_2d(ctx0, cur, cur->ne[0]*cur->ne[1], cur->ne[2]*cur->ne[3]);
