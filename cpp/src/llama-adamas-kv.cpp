@@ -497,7 +497,6 @@ struct llama_adamas_plan {
     }
 };
 
-
 // One per graph built with a budget: counts sparse steps, keeps graph reuse honest about the plan, marks the
 // streams' codes stale or fresh as the plan leaves them, and holds the select mask that marks sink and recent
 // cells (+INF: always chosen).
