@@ -144,13 +144,28 @@ def test_sparse_steps_past_the_budget(server):
 
 
 def test_budget_zero_makes_no_sparse_steps(default_model):
-    s = Server("--budget", "0")
+    s = Server("--budget", "0", "--embedding")
     try:
         _complete(s.client(), LONG_PROMPT, 8)
         st = s.get("/extras/adamas")
         assert st["params"]["budget"] == 0 and st["sparse_layers"] == 0 and st["sparse_steps"] == 0, st
+        # --embedding: /v1/embeddings gives what llama-cpp-python's Llama gives, called directly
+        got = s.client().embeddings.create(model="m", input="The capital of France").data[0].embedding
+        import llama_cpp
+        ref = llama_cpp.Llama(str(default_model), n_ctx=N_CTX, embedding=True, flash_attn=True, verbose=False)
+        want = ref.create_embedding("The capital of France")["data"][0]["embedding"]
+        ref.close()
+        assert len(got) == len(want) > 0
+        flat = lambda v: [x for row in v for x in (row if isinstance(row, list) else [row])]  # noqa: E731
+        assert max(abs(a - b) for a, b in zip(flat(got), flat(want))) < 1e-4
     finally:
         s.stop()
+
+
+def test_embeddings_off_by_default(server):
+    # as llama-cpp-python's server: the route exists, and says the model was not loaded for embeddings
+    with pytest.raises(openai.APIError):
+        server.client().embeddings.create(model="m", input="hello")
 
 
 def test_concurrent_requests(server):

@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
                    help="llama-cpp-python's chat format for /v1/chat/completions, e.g. chatml, llama-3, or "
                         "chat_template.NAME for one of the model's templates (default: the model's chat "
                         "template)")
+    g.add_argument("--embedding", "--embeddings", action="store_true",
+                   help="also answer /v1/embeddings (the model's output embeddings, pooled as its GGUF says; "
+                        "for a causal model one vector per token); without it that route answers with an "
+                        "error, as llama-cpp-python's server does (default: off)")
     g = p.add_argument_group("compute")
     g.add_argument("-c", "--ctx-size", type=int_type(0, MAX_CTX_SIZE, " tokens"), default=CTX_SIZE,
                    metavar="N", help=f"the context size in tokens, prompt plus answer; 0 = the model's "
@@ -71,7 +75,7 @@ def main(args, parser) -> int:
     path = base.model_path(args)
     base.install_log(args.verbose)
     kwargs = dict(model=path, n_ctx=args.ctx_size, n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format,
-                  verbose=args.verbose, **context, **{k: getattr(params, k) for k in server.ADAMAS_KEYWORDS})
+                  embedding=args.embedding, verbose=args.verbose, **context, **{k: getattr(params, k) for k in server.ADAMAS_KEYWORDS})
     if args.threads is not None:
         kwargs.update(n_threads=args.threads, n_threads_batch=args.threads)
     try:
