@@ -162,12 +162,6 @@ def test_budget_zero_makes_no_sparse_steps(default_model):
         s.stop()
 
 
-def test_embeddings_off_by_default(server):
-    # as llama-cpp-python's server: the route exists, and says the model was not loaded for embeddings
-    with pytest.raises(openai.APIError):
-        server.client().embeddings.create(model="m", input="hello")
-
-
 def test_concurrent_requests(server):
     prompts = [PROMPT, "The largest planet of the solar system is"]
     alone = [_complete(server.client(), p) for p in prompts]
