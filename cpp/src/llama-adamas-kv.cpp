@@ -279,25 +279,28 @@ void llama_adamas_kv::split_decode(const llama_kv_cache & kv, llama_batch_allocr
     }
     const llama_batch & b = balloc.batch;
     std::vector<int32_t> n_of(balloc.n_seq_max, 0); // tokens of each sequence in the batch
+    bool multi = false; // some sequence takes several tokens (else upstream's split already gives decode ubatches)
     for (int32_t i = 0; i < b.n_tokens; ++i) {
-        n_of[b.seq_id[i][0]]++;
+        multi = ++n_of[b.seq_id[i][0]] > 1 || multi;
+    }
+    if (!multi) {
+        return; // the common decode step: nothing to split, no cache lookups
     }
     // a decode token: its sequence's only one in the batch, and the sequence holds more than the budget with it
     // (its select then chooses among its cells; within the budget the step would be dense anyway)
     auto is_decode = [&](int32_t i) {
         const llama_seq_id s = b.seq_id[i][0];
+        if (n_of[s] != 1) {
+            return false;
+        }
         const llama_pos p0 = kv.seq_pos_min(s), p1 = kv.seq_pos_max(s);
-        return n_of[s] == 1 && (p0 < 0 ? 0 : p1 - p0 + 1) + 1 > budget;
+        return (p0 < 0 ? 0 : p1 - p0 + 1) + 1 > budget;
     };
     std::vector<int32_t> dec, rest;
     for (int32_t i = 0; i < b.n_tokens; ++i) {
         (is_decode(i) ? dec : rest).push_back(i);
     }
-    bool multi = false; // some sequence takes several tokens (else upstream's split already gives decode ubatches)
-    for (int32_t n : n_of) {
-        multi = multi || n > 1;
-    }
-    if (dec.empty() || !multi) {
+    if (dec.empty()) {
         return;
     }
     // ubatches of idxs[i0, i1), at most n_ubatch tokens each
