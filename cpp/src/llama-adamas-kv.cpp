@@ -343,6 +343,23 @@ const llama_kv_cache * llama_adamas_kv::kv_of(const llama_context * lctx) {
     return nullptr;
 }
 
+// An upper bound, per coded layer: the code write (reshape, cont and two casts for a quantized cache, the
+// encode) and the sparse attention (views of q and of the codes, the query encode, three permutes, select,
+// attention, reshape), and for every stream whose stale codes a step rebuilds in its graph (or update() in
+// its own) a view of K, a cast, a view of the codes and the encode. Without them a step with many streams
+// overflowed upstream's budget of 8 nodes per model tensor.
+uint32_t llama_adamas_kv::graph_nodes(const llama_context * lctx) {
+    const auto * kv = lctx->get_memory() ? kv_of(lctx) : nullptr;
+    if (!kv || lctx->get_cparams().adamas.budget <= 0) {
+        return 0;
+    }
+    uint32_t n_coded = 0;
+    for (const auto & layer : kv->layers) {
+        n_coded += layer.c != nullptr;
+    }
+    return n_coded*(16 + 4*kv->get_n_stream());
+}
+
 const llama_adamas_kv_state * llama_adamas_kv::state(const llama_context * lctx) {
     const auto * kv = kv_of(lctx);
     return kv ? &kv->adamas : nullptr;

@@ -96,6 +96,9 @@ struct llama_adamas_kv {
             float         kq_scale,
             int           il);
 
+    // graph nodes Adamas may add to a graph of this context beyond upstream's (llama_context::graph_max_nodes)
+    static uint32_t graph_nodes(const llama_context * lctx);
+
     // the plain KV cache of a context: its own, or the non-SWA part of an iSWA cache (NULL: neither)
     static const llama_kv_cache * kv_of(const llama_context * lctx);
 };

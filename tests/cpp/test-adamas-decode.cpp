@@ -13,6 +13,9 @@
 //      query's select ranks only its own sequence's cells (a candidate list, seen on the graph's select nodes),
 //      and the logits match those of the same sequences in one stream each (no list; up to the layouts' rounding),
 //      for the code selection with sinks and recent tokens and for the exact one;
+//   4d. 128 streams whose codes go stale (new key thresholds) decode one step together: the graph that rebuilds
+//       every stream's codes fits (graph_max_nodes counts Adamas' nodes), and its logits equal those of codes
+//       written with the new thresholds in the first place;
 //   5. a state saved and loaded into a new context continues with bitwise the same logits, and its
 //      codes equal the encoding of its K (llama_adamas_verify_codes: every used cell, every layer);
 //   6. after a context shift (seq_rm + seq_add) the codes equal the encoding of the shifted K;
@@ -569,6 +572,61 @@ int main(int argc, char ** argv) {
                   mode, d, d_dense, gap);
             CHECK(uni != dense_m, "%s: the sparse steps gave exactly the dense logits", mode);
         }
+    }
+
+    // ---- 4d. many streams: the step after new key thresholds rebuilds every stream's codes in its graph ----
+    // (4 nodes per stream and coded layer: with 128 streams more than upstream's node budget of a small model;
+    // the 16 sequences of an 8B model on the GPU aborted the same way before graph_max_nodes counted them)
+    if (servable) {
+        const int n_seq = 128, len = 24;
+        std::vector<std::vector<llama_token>> seqs;
+        for (int s = 0; s < n_seq; s++) {
+            seqs.push_back(random_tokens(rng, len, R.n_vocab));
+        }
+        llama_adamas_params p0 = def; p0.budget = 16;
+        llama_adamas_params p1 = p0; p1.thr_k = def.thr_k*1.25f; // other key codes: the stored ones go stale
+        // prefill every sequence at p_fill, set p_step, then one decode token per sequence in one batch
+        auto run_many = [&](const llama_adamas_params & p_fill, const llama_adamas_params & p_step, int64_t * bad) {
+            llama_context * ctx = R.make(n_seq*32, n_seq, false, GGML_TYPE_F16, p_fill);
+            llama_batch b = llama_batch_init(n_seq*len, 0, 1);
+            for (int s = 0; s < n_seq; s++) {
+                for (int i = 0; i < len; i++) {
+                    const int j = s*len + i;
+                    b.token[j] = seqs[s][i]; b.pos[j] = i; b.n_seq_id[j] = 1; b.seq_id[j][0] = s; b.logits[j] = i == len - 1;
+                }
+            }
+            b.n_tokens = n_seq*len;
+            REQUIRE(llama_decode(ctx, b) == 0, "prefill of %d sequences failed", n_seq);
+            std::vector<llama_token> next(n_seq);
+            for (int s = 0; s < n_seq; s++) {
+                const float * l = llama_get_logits_ith(ctx, (s + 1)*len - 1);
+                next[s] = (llama_token) (std::max_element(l, l + R.n_vocab) - l);
+            }
+            REQUIRE(llama_adamas_set(ctx, &p_step) == 0, "new thresholds refused");
+            b.n_tokens = n_seq;
+            for (int s = 0; s < n_seq; s++) {
+                b.token[s] = next[s]; b.pos[s] = len; b.n_seq_id[s] = 1; b.seq_id[s][0] = s; b.logits[s] = 1;
+            }
+            REQUIRE(llama_decode(ctx, b) == 0, "%d-sequence decode after new thresholds failed", n_seq);
+            std::vector<float> all;
+            for (int s = 0; s < n_seq; s++) {
+                const float * l = llama_get_logits_ith(ctx, s);
+                all.insert(all.end(), l, l + R.n_vocab);
+            }
+            *bad = llama_adamas_verify_codes(ctx);
+            CHECK(llama_adamas_n_sparse_steps(ctx) == 1, "%lld sparse steps, expected 1", (long long) llama_adamas_n_sparse_steps(ctx));
+            llama_batch_free(b);
+            llama_free(ctx);
+            return all;
+        };
+        int64_t bad_re = -1, bad_ref = -1;
+        const std::vector<float> rebuilt = run_many(p0, p1, &bad_re);
+        const std::vector<float> direct  = run_many(p1, p1, &bad_ref); // the reference: coded at p1 when written
+        printf("%d streams: codes rebuilt in the step's graph, %lld cells off; vs coded when written: max rel diff %.3g\n",
+               n_seq, (long long) bad_re, max_rel_diff(rebuilt, direct));
+        CHECK(bad_re == 0 && bad_ref == 0, "%lld / %lld cells whose codes differ from K's encoding", (long long) bad_re, (long long) bad_ref);
+        CHECK(rebuilt == direct, "codes rebuilt from K give other logits than codes written with K (max rel diff %g)",
+              max_rel_diff(rebuilt, direct));
     }
 
     // ---- 5-7. state save/load and context shift, F16 and quantized caches ----
