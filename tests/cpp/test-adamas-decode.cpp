@@ -374,7 +374,8 @@ int main(int argc, char ** argv) {
     //     cells is dropped);
     //   - they are the same in a unified cache (its select ranks a candidate list) and with one stream per sequence
     //     (no list), on the CPU: its 40-token prefill and the 2-token steps take upstream's flash-attention path that
-    //     skips masked cells, so the dense layers sum the same cells in the same order in both layouts.
+    //     skips masked cells, so the dense layers (n_dense) sum the same cells in the same order in both layouts.
+    // (A list that misses one visible cell, tried, fails the last check and the bound against dense below.)
     // Against dense decoding they agree only up to rounding, not to a fixed tolerance: the sparse op attends over the
     // same cells in F32, while upstream's flash attention on the CPU rounds Q to F16 and accumulates V in F16. On a
     // real model (SmolLM2-135M) that rounding, 7e-4 at the first sparse layer, grows over 28 layers to ~3e-2 in the
@@ -385,10 +386,15 @@ int main(int argc, char ** argv) {
         const std::vector<llama_token> other  = random_tokens(rng, n_long, R.n_vocab);
         const std::vector<llama_token> other2 = random_tokens(rng, n_long, R.n_vocab); // the same length, other tokens
         const std::vector<llama_token> shrt(prompt.begin(), prompt.begin() + n_short);
+        std::vector<llama_token> idle; // a third sequence that does not decode: see pair()
+        {
+            std::mt19937 rng_i(4567); // not rng: the later cases keep their tokens
+            idle = random_tokens(rng_i, 200, R.n_vocab);
+        }
 
         std::vector<llama_token> feed; // the short sequence's dense greedy continuation, alone
         {
-            llama_context * ref = R.make(1024, 2, true, GGML_TYPE_F16, def);
+            llama_context * ref = R.make(1536, 3, true, GGML_TYPE_F16, def);
             std::vector<float> last;
             R.eval(ref, shrt, 0, 1, &last);
             for (int i = 0; i < n_steps; i++) {
@@ -398,12 +404,18 @@ int main(int argc, char ** argv) {
             }
             llama_free(ref);
         }
-        // the short sequence's logits of every step, decoded in one batch with the long one (which repeats its last token)
+        // the short sequence's logits of every step, decoded in one batch with the long one (which repeats its last
+        // token). The idle sequence makes the unified cache's view (<= 652 cells: 768) longer than the batch's sequences
+        // (<= 406 cells: lists of 512), so that there the selects rank candidate lists; per stream it has its own stream.
         auto pair = [&](bool unified, const llama_adamas_params & ap, const std::vector<llama_token> & partner, bool flash,
-                        int64_t * steps) {
-            llama_context * ctx = R.make(1024, 2, unified, GGML_TYPE_F16, ap, false, nullptr, flash);
+                        int64_t * steps, select_nodes * sel = nullptr) {
+            llama_context * ctx = R.make(1536, 3, unified, GGML_TYPE_F16, ap, false, sel, flash); // 512 cells a stream
             R.eval(ctx, partner, 0, 0, nullptr);
+            R.eval(ctx, idle, 0, 2, nullptr);
             R.eval(ctx, shrt, 0, 1, nullptr);
+            if (sel) {
+                *sel = select_nodes();
+            }
             std::vector<float> got;
             for (int i = 0; i < n_steps; i++) {
                 llama_batch b = llama_batch_init(2, 0, 1);
@@ -429,15 +441,18 @@ int main(int argc, char ** argv) {
             const std::vector<float> dense2 = pair(unified, def, other, true, nullptr);
             const std::vector<float> nofa   = pair(unified, def, other, false, nullptr);
 
-            llama_adamas_params pbig = def; pbig.budget = 1024;
+            llama_adamas_params pbig = def; pbig.budget = 1536;
             const std::vector<float> big = pair(unified, pbig, other, true, &steps);
             CHECK(big == dense2 && steps == 0, "%s cache: budget >= context: %lld sparse steps, logits vs dense: max rel diff %g",
                   kind, (long long) steps, max_rel_diff(big, dense2));
 
             llama_adamas_params p = def; p.budget = 64;
-            const std::vector<float> sp = pair(unified, p, other, true, &steps);
+            select_nodes sel;
+            const std::vector<float> sp = pair(unified, p, other, true, &steps, &sel);
             if (servable) {
                 CHECK(steps == n_steps, "%s cache: %lld sparse steps, expected %d", kind, (long long) steps, n_steps);
+                CHECK(sel.n > 0 && sel.n_list == (unified ? sel.n : 0), "%s cache: %lld of %lld select nodes rank candidate lists",
+                      kind, (long long) sel.n_list, (long long) sel.n);
             }
             const std::vector<float> sp2 = pair(unified, p, other2, true, nullptr);
             CHECK(sp2 == sp, "%s cache: the short sequence's logits depend on the other sequence's tokens (max rel diff %g)",
