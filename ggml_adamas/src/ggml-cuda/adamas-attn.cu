@@ -447,7 +447,9 @@ adamas_attn_score_kernel(const adamas_attn_args a) {
     }
 }
 
-template <int D, int NG>
+// ABL (the harness's ablations only; 0 in the op) leaves out: 1 the radix select (the slots [n_lead, n_keep) are
+// kept instead), 2 the V loads (V read as ones)
+template <int D, int NG, int ABL = 0>
 static __global__ void __launch_bounds__(ADAMAS_RR_NWARP*WARP_SIZE)
 adamas_attn_rerank_kernel(const adamas_attn_args a) {
     constexpr int E     = D/WARP_SIZE;
@@ -505,7 +507,16 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
     const int per_t  = (P + NT - 1)/NT;               // each thread a contiguous run of slots: slot order = thread order
     const int t0     = min(P, max(a.n_lead, tid*per_t));
     const int t1     = min(P, (tid + 1)*per_t);
-    for (int hh = 0; hh < ng; ++hh) {
+    if constexpr (ABL & 1) {
+        for (int t = tid; t < ng*P; t += NT) {
+            const int j = t % P;
+            if (j >= a.n_keep) {
+                lg[t] = -INFINITY;
+            }
+        }
+        __syncthreads();
+    }
+    for (int hh = 0; hh < ng && !(ABL & 1); ++hh) {
         float * l = lg + hh*P;
         int n_fin_t = 0;
         for (int j = t0; j < t1; ++j) {
@@ -653,7 +664,12 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             jj[u] = e0 + u < n_list ? list[e0 + u] : -1;
-            if (jj[u] >= 0) {
+            if constexpr (ABL & 2) {
+#pragma unroll
+                for (int i = 0; i < E; ++i) {
+                    vx[u][i] = 1.0f;
+                }
+            } else if (jj[u] >= 0) {
                 adamas_load_row<E>(vb + sel[jj[u]]*a.vnb1, a.vt, lane*E, vx[u]);
             }
         }

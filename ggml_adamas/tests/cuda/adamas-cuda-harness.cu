@@ -306,7 +306,10 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
 
 // ---- attention ----
 struct attn_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool per_head; int kt; bool mask; float softcap;
-                   int n_keep = 0, n_lead = 0; };   // rerank: integer q and K, scale 1/8, so the logits are exact
+                   int n_keep = 0, n_lead = 0;
+                   int stage = 0; };  // timing (rrablate): 0 the op; rerank: 1 score kernel, 2 rerank kernel, 3 rerank
+                                      // without the radix select, 4 without V loads, 5 without both; 6 an empty
+                                      // kernel on the rerank kernel's grid, 7 on the score kernel's   // rerank: integer q and K, scale 1/8, so the logits are exact
 
 static void quant_row(int kt, const float * x, int D, std::vector<uint8_t> & out, std::vector<float> & deq) {
     deq.resize(D);
@@ -329,6 +332,33 @@ static void quant_row(int kt, const float * x, int D, std::vector<uint8_t> & out
                    deq[b*32 + i] = (float) (q - 8)*df; }
         }
     }
+}
+
+static __global__ void empty_kernel(int * p) { if (p && threadIdx.x == 1023) p[blockIdx.x] = 0; }
+
+// one stage of the rerank path (D = 128, per-head rows, NG = 1), as adamas_attn_rerank_launch_ng launches it
+static float time_rerank_stage(adamas_attn_args a, int stage) {
+    a.n_hb = a.n_gqa; a.n_split = 1;
+    const size_t smem = adamas_attn_rerank_smem(128, 1, a.budget);
+    const dim3 grid((unsigned) a.n_head, 1, (unsigned) (a.n_q*a.ns));
+    const dim3 grid_s((unsigned) a.n_head, (unsigned) ((a.budget + ADAMAS_ATTN_SLOTS - 1)/ADAMAS_ATTN_SLOTS), (unsigned) (a.n_q*a.ns));
+    adamas_attn_score_kernel<128, 1><<<grid_s, ADAMAS_ATTN_NWARP*WARP_SIZE>>>(a); // the logits the rerank stages read
+    CK(cudaDeviceSynchronize());
+    adamas_set_smem(adamas_attn_rerank_kernel<128, 1, 0>, smem);
+    adamas_set_smem(adamas_attn_rerank_kernel<128, 1, 1>, smem);
+    adamas_set_smem(adamas_attn_rerank_kernel<128, 1, 2>, smem);
+    adamas_set_smem(adamas_attn_rerank_kernel<128, 1, 3>, smem);
+    return time_graph_us([&](cudaStream_t st) {
+        switch (stage) {
+            case 1: adamas_attn_score_kernel<128, 1><<<grid_s, ADAMAS_ATTN_NWARP*WARP_SIZE, 0, st>>>(a); break;
+            case 2: adamas_attn_rerank_kernel<128, 1, 0><<<grid, ADAMAS_RR_NWARP*WARP_SIZE, smem, st>>>(a); break;
+            case 3: adamas_attn_rerank_kernel<128, 1, 1><<<grid, ADAMAS_RR_NWARP*WARP_SIZE, smem, st>>>(a); break;
+            case 4: adamas_attn_rerank_kernel<128, 1, 2><<<grid, ADAMAS_RR_NWARP*WARP_SIZE, smem, st>>>(a); break;
+            case 5: adamas_attn_rerank_kernel<128, 1, 3><<<grid, ADAMAS_RR_NWARP*WARP_SIZE, smem, st>>>(a); break;
+            case 6: empty_kernel<<<grid, ADAMAS_RR_NWARP*WARP_SIZE, 0, st>>>(nullptr); break;
+            default: empty_kernel<<<grid_s, ADAMAS_ATTN_NWARP*WARP_SIZE, 0, st>>>(nullptr); break;
+        }
+    });
 }
 
 static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float * ms = nullptr) {
@@ -388,7 +418,8 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
     adamas_attn_launch(a, D, 0);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
     if (ms) {
-        *ms = time_graph_us([&](cudaStream_t st) { adamas_attn_launch(a, D, st); });
+        *ms = ac.stage == 0 ? time_graph_us([&](cudaStream_t st) { adamas_attn_launch(a, D, st); })
+                            : time_rerank_stage(a, ac.stage);
     }
     if (!check) return;
     const std::vector<float> out = dout.down();
@@ -599,6 +630,26 @@ static int do_ablate() {
     return 0;
 }
 
+// Where the rerank's time goes (D = 128, per-head rows, F16 K/V, pool -> kept): each kernel alone, the rerank kernel
+// with a stage left out, and empty kernels on the same grids (the launch and scheduling floor of a graph node).
+static int do_rrablate() {
+    printf("| n_kv | heads q/kv | pool -> kept | op | score | rerank | -radix | -V | -both | empty (rerank grid) | empty (score grid) |\n"
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    struct shape { int n_kv, n_head_kv, pool, keep; };
+    for (const shape sh : { shape{32768, 32, 256, 64}, shape{32768, 8, 256, 64}, shape{32768, 32, 1024, 256}, shape{8192, 32, 256, 64} }) {
+        std::mt19937 rng(3);
+        float t[8];
+        for (int st = 0; st < 8; ++st) {
+            attn_case ac = {128, sh.n_head_kv, 32/sh.n_head_kv, sh.n_kv, 1, sh.pool, true, ADAMAS_KV_F16, true, 0.0f};
+            ac.n_keep = sh.keep; ac.stage = st;
+            run_attn(ac, rng, false, &t[st]);
+        }
+        printf("| %d | 32/%d | %d -> %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", sh.n_kv, sh.n_head_kv, sh.pool, sh.keep,
+               t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+    }
+    return 0;
+}
+
 int main(int argc, char ** argv) {
     const std::string cmd = argc > 1 ? argv[1] : "check";
     // check SEED quick: the rerank's large pools left out (for the sanitizers)
@@ -606,6 +657,7 @@ int main(int argc, char ** argv) {
     if (cmd == "bench") return do_bench();
     if (cmd == "sweep") return do_sweep();
     if (cmd == "ablate") return do_ablate();
+    if (cmd == "rrablate") return do_rrablate();
     if (cmd == "one" && argc >= 6) { // one select and one attention launch, for a profiler
         std::mt19937 rng(1);
         const int n_kv = atoi(argv[2]), n_head_kv = atoi(argv[3]), budget = atoi(argv[4]);
@@ -616,6 +668,6 @@ int main(int argc, char ** argv) {
         run_attn({128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, false, 0.0f}, rng, false);
         return 0;
     }
-    fprintf(stderr, "usage: %s check [seed] | bench | sweep | ablate | one N_KV N_HEAD_KV BUDGET group|head [HB ROUNDS PIPE]\n", argv[0]);
+    fprintf(stderr, "usage: %s check [seed] | bench | sweep | ablate | rrablate | one N_KV N_HEAD_KV BUDGET group|head [HB ROUNDS PIPE]\n", argv[0]);
     return 2;
 }
