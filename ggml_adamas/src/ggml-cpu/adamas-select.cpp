@@ -23,7 +23,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512BW__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -31,6 +31,7 @@ static constexpr uint16_t ADAMAS_NONE  = 0xFFFF; // a masked cell
 static constexpr int64_t  ADAMAS_CHUNK = 2048;   // cells per phase-A piece
 static constexpr int64_t  ADAMAS_BLOCK = 64;     // selection rows per block (bounds the work buffer)
 static constexpr int64_t  ADAMAS_GMAX  = 16;     // query codes held in registers at once
+static constexpr int64_t  ADAMAS_PF_CELLS = 64; // phase A prefetches the codes of the cells this far ahead
 static constexpr int64_t  ADAMAS_NHIST = 4;      // phase B counts into this many histograms (runs of equal distances
                                                  // then do not wait on one counter), summed after
 
@@ -171,7 +172,76 @@ static void adamas_distances_heads(
     const uint32_t ninf = mask_f16 ? 0xFC00u : 0xFF800000u;
     const uint32_t pinf = mask_f16 ? 0x7C00u : 0x7F800000u;
 
-    for (int64_t c = c0; c < c1; ++c) {
+    int64_t c = c0;
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    // 8 positions at a time: their codes gathered, three vector popcounts per word and query head, the same integers
+    // as the scalar loop below
+    if (PB >= 8) {
+        __m512i vqs[ADAMAS_GMAX][W], vqm[ADAMAS_GMAX][W];
+        for (int64_t j = 0; j < u; ++j) {
+            for (int w = 0; w < W; ++w) {
+                vqs[j][w] = _mm512_set1_epi64((long long) qs[j][w]);
+                vqm[j][w] = _mm512_set1_epi64((long long) qm[j][w]);
+            }
+        }
+        const __m512i lane   = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+        const __m512i one    = _mm512_set1_epi64(1);
+        const __m512i vnone  = _mm512_set1_epi64(ADAMAS_NONE);
+        const __m512i vzero  = _mm512_setzero_si512();
+        const __m512i vkstr  = _mm512_set1_epi64((long long) kstride);
+        for (; c + 8 <= c1; c += 8) {
+            __m512i vcell;
+            __mmask8 none = 0; // padding or masked
+            if (cells) {
+                vcell = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *) (cells + c)));
+                none = _mm512_cmplt_epi64_mask(vcell, vzero);
+                if (_mm512_mask_cmpge_epi64_mask((__mmask8) ~none, vcell, _mm512_set1_epi64(n_kv))) {
+                    break; // a cell out of range: the scalar loop aborts on it
+                }
+                vcell = _mm512_mask_blend_epi64(none, vcell, vzero);
+            } else {
+                vcell = _mm512_add_epi64(_mm512_set1_epi64(c), lane);
+                // the codes come from memory (every layer's are read once per step): ADAMAS_PF_CELLS ahead
+                const uint8_t * pf = kcode + (c + ADAMAS_PF_CELLS)*kstride;
+                for (size_t o = 0; o < 8*kstride; o += 64) {
+                    _mm_prefetch((const char *) pf + o, _MM_HINT_T0);
+                }
+            }
+            __mmask8 forced = 0;
+            if (mask) {
+                uint32_t mv[8];
+                alignas(64) int64_t ci[8];
+                _mm512_store_si512((__m512i *) ci, vcell);
+                for (int i = 0; i < 8; ++i) {
+                    mv[i] = mask_f16 ? ((const uint16_t *) mask)[ci[i]] : ((const uint32_t *) mask)[ci[i]];
+                }
+                const __m256i vm = _mm256_loadu_si256((const __m256i *) mv);
+                none   |= _mm256_cmpeq_epi32_mask(vm, _mm256_set1_epi32((int) ninf));
+                forced  = (__mmask8) (_mm256_cmpeq_epi32_mask(vm, _mm256_set1_epi32((int) pinf)) & ~none);
+            }
+            const __m512i voff = _mm512_mullo_epi64(vcell, vkstr);
+            __m512i vks[W], vkm[W];
+            for (int w = 0; w < W; ++w) {
+                vks[w] = _mm512_i64gather_epi64(voff, (const void *) (kcode + w*8),      1);
+                vkm[w] = _mm512_i64gather_epi64(voff, (const void *) (kcode + PB + w*8), 1);
+            }
+            for (int64_t j = 0; j < u; ++j) {
+                __m512i d = one;
+                for (int w = 0; w < W; ++w) {
+                    const __m512i S  = _mm512_xor_si512(vqs[j][w], vks[w]);
+                    const __m512i M  = _mm512_xor_si512(vqm[j][w], vkm[w]);
+                    const __m512i B  = _mm512_and_si512(S, _mm512_and_si512(vqm[j][w], vkm[w]));
+                    d = _mm512_add_epi64(d, _mm512_add_epi64(_mm512_popcnt_epi64(S), _mm512_popcnt_epi64(M)));
+                    d = _mm512_add_epi64(d, _mm512_slli_epi64(_mm512_popcnt_epi64(B), 1));
+                }
+                d = _mm512_mask_blend_epi64(none, d, vnone);
+                d = _mm512_mask_blend_epi64(forced, d, vzero);
+                _mm_storeu_si128((__m128i *) (dist + j*dist_stride + c), _mm512_cvtepi64_epi16(d));
+            }
+        }
+    }
+#endif
+    for (; c < c1; ++c) {
         int64_t cell = c;
         uint16_t fixed = 0; // ADAMAS_NONE or 0 (forced) for a cell that is not ranked by distance
         bool ranked = true;
