@@ -30,7 +30,7 @@ size_t ggml_cpu_adamas_attn_wsize(const ggml_tensor * dst, int n_tasks) {
 }
 
 // slots prefetched ahead of the one computed
-static constexpr int64_t ADAMAS_PF = 8;
+static constexpr int64_t ADAMAS_PF = 16;
 
 // prefetches row c (if any) of a K or V head: bytes [0, row_bytes) at base + c*nb1. Always inlined: GCC 12 takes a
 // function that only prefetches for one without effects (pure-const) and drops its calls.
