@@ -173,7 +173,7 @@ static void adamas_distances_heads(
     const uint32_t pinf = mask_f16 ? 0x7C00u : 0x7F800000u;
 
     int64_t c = c0;
-#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VPOPCNTDQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     // 8 positions at a time: their codes gathered, three vector popcounts per word and query head, the same integers
     // as the scalar loop below
     if (PB >= 8) {
