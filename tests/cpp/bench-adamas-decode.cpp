@@ -14,7 +14,8 @@
 // mixed load); t/s counts the decoded tokens only, the prefilling sequences start empty in every round.
 //
 // usage: bench-adamas-decode -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head]
-//        [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32]
+//        [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N]
+// -t: CPU threads for decode and prefill (both n_threads and n_threads_batch; default: llama's, 4)
 // (the other Adamas parameters are the library defaults; --select and --rerank default to the library's too;
 // every budget > 0 runs with every --rerank value, every depth with every -np value)
 #include "llama.h"
@@ -98,6 +99,7 @@ int main(int argc, char ** argv) {
     std::vector<long> nps = { 1 };
     bool kvu = false;
     int n_mixed = 0, chunk = 32;
+    int n_threads = 0; // 0: llama's default
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         auto next = [&]() { if (i + 1 >= argc) { fprintf(stderr, "%s needs a value\n", a.c_str()); exit(2); } return argv[++i]; };
@@ -113,7 +115,8 @@ int main(int argc, char ** argv) {
         else if (a == "-kvu") kvu = true;
         else if (a == "--mixed") n_mixed = atoi(next());
         else if (a == "--chunk") chunk = atoi(next());
-        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32]\n", argv[0]); return 2; }
+        else if (a == "-t") n_threads = atoi(next());
+        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N]\n", argv[0]); return 2; }
     }
     if (model.empty() || n_gen <= 0 || reps <= 0) { fprintf(stderr, "-m MODEL is required; -n and -r must be > 0\n"); return 2; }
     for (long np : nps) {
@@ -147,7 +150,7 @@ int main(int argc, char ** argv) {
     long b_max = 0;
     for (long b : budgets) b_max = std::max(b_max, b);
 
-    printf("select mode: %s, KV cache: %s%s\n", select == LLAMA_ADAMAS_SELECT_HEAD ? "head" : "group",
+    printf("threads: %d, select mode: %s, KV cache: %s%s\n", n_threads > 0 ? n_threads : (int) llama_context_default_params().n_threads, select == LLAMA_ADAMAS_SELECT_HEAD ? "head" : "group",
            kvu ? "unified" : "one stream per sequence",
            n_mixed ? (", mixed load: " + std::to_string(n_mixed) + " sequence(s) prefill " + std::to_string(chunk) +
                       "-token chunks while the others decode (t/s: decoded tokens)").c_str() : "");
@@ -166,6 +169,7 @@ int main(int argc, char ** argv) {
         cp.n_seq_max = (uint32_t) np;
         cp.kv_unified = kvu;
         cp.no_perf = true;
+        if (n_threads > 0) { cp.n_threads = n_threads; cp.n_threads_batch = n_threads; }
         llama_context * ctx = llama_init_from_model(mdl, cp);
         if (!ctx) { fprintf(stderr, "cannot create a context of %u\n", cp.n_ctx); return 1; }
         llama_memory_t mem = llama_get_memory(ctx);

@@ -23,9 +23,24 @@ size_t ggml_cpu_adamas_attn_wsize(const ggml_tensor * dst, int n_tasks) {
     const ggml_tensor * k   = dst->src[1];
     const ggml_tensor * v   = dst->src[2];
     const ggml_tensor * idx = dst->src[4];
-    // logits (twice: a copy for the n_keep threshold) + one K or V row in F32 + the accumulator, per thread
-    const size_t per_thread = 2*idx->ne[0] + std::max(k->ne[0], v->ne[0]) + v->ne[0] + 16;
+    // logits (twice: a copy for the n_keep threshold), the kept slots + one K or V row in F32 + the accumulator,
+    // per thread
+    const size_t per_thread = 3*idx->ne[0] + std::max(k->ne[0], v->ne[0]) + v->ne[0] + 16;
     return n_tasks*per_thread*sizeof(float);
+}
+
+// slots prefetched ahead of the one computed
+static constexpr int64_t ADAMAS_PF = 16;
+
+// prefetches row c (if any) of a K or V head: bytes [0, row_bytes) at base + c*nb1. Always inlined: GCC 12 takes a
+// function that only prefetches for one without effects (pure-const) and drops its calls.
+__attribute__((always_inline)) static inline void adamas_prefetch(const char * base, size_t nb1, size_t row_bytes, int32_t c) {
+    if (c >= 0) {
+        const char * p = base + (size_t) c*nb1;
+        for (size_t o = 0; o < row_bytes; o += 64) {
+            __builtin_prefetch(p + o);
+        }
+    }
 }
 
 // One row of K or V as F32: in place for F32, else converted into buf.
@@ -62,14 +77,18 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
     GGML_ASSERT(v->type == GGML_TYPE_F32 || v->type == GGML_TYPE_F16 || ggml_get_type_traits(v->type)->to_float);
     GGML_ASSERT(params->wsize >= ggml_cpu_adamas_attn_wsize(dst, params->nth));
 
-    float * wbase  = (float *) params->wdata + params->ith*(2*budget + std::max(D, Dv) + Dv + 16);
+    float * wbase  = (float *) params->wdata + params->ith*(3*budget + std::max(D, Dv) + Dv + 16);
     float * logits = wbase;
     float * sorted = logits + budget;
-    float * row    = sorted + budget;
+    int32_t * kept = (int32_t *) (sorted + budget);
+    float * row    = sorted + 2*budget;
     float * acc    = row + std::max(D, Dv);
 
     // softcap folds into the scale as in ggml_flash_attn_ext: softcap*tanh(s*scale/softcap)
     const float qk_scale = softcap != 0.0f ? scale/softcap : scale;
+
+    const size_t k_row = ggml_row_size(k->type, D);
+    const size_t v_row = ggml_row_size(v->type, Dv);
 
     const int64_t nr  = n_head*n_q*ns;
     const int64_t dr  = (nr + params->nth - 1)/params->nth;
@@ -89,9 +108,16 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
         const char * kbase = (const char *) k->data + kvh*k->nb[2] + is*k->nb[3];
         const char * vbase = (const char *) v->data + kvh*v->nb[2] + is*v->nb[3];
 
-        // pass 1: logits of the visible selected cells (-INF for skipped slots)
+        // pass 1: logits of the visible selected cells (-INF for skipped slots). The rows are scattered over the
+        // cache (latency bound): each is prefetched ADAMAS_PF slots ahead.
+        for (int64_t j = 0; j < std::min<int64_t>(ADAMAS_PF, budget); ++j) {
+            adamas_prefetch(kbase, k->nb[1], k_row, sel[j]);
+        }
         float M = -INFINITY;
         for (int64_t j = 0; j < budget; ++j) {
+            if (j + ADAMAS_PF < budget) {
+                adamas_prefetch(kbase, k->nb[1], k_row, sel[j + ADAMAS_PF]);
+            }
             const int32_t c = sel[j];
             float mv = 0.0f;
             if (c >= 0 && mrow) {
@@ -161,13 +187,23 @@ void ggml_compute_forward_adamas_attn(const ggml_compute_params * params, ggml_t
             continue;
         }
 
-        // pass 2: softmax weights and the V sum
+        // pass 2: softmax weights and the V sum (the kept rows prefetched ahead too)
+        int64_t n_kept = 0;
+        for (int64_t j = 0; j < budget; ++j) {
+            if (logits[j] != -INFINITY) {
+                kept[n_kept++] = (int32_t) j;
+            }
+        }
+        for (int64_t i = 0; i < std::min<int64_t>(ADAMAS_PF, n_kept); ++i) {
+            adamas_prefetch(vbase, v->nb[1], v_row, sel[kept[i]]);
+        }
         std::fill(acc, acc + Dv, 0.0f);
         float S = 0.0f;
-        for (int64_t j = 0; j < budget; ++j) {
-            if (logits[j] == -INFINITY) {
-                continue;
+        for (int64_t i = 0; i < n_kept; ++i) {
+            if (i + ADAMAS_PF < n_kept) {
+                adamas_prefetch(vbase, v->nb[1], v_row, sel[kept[i + ADAMAS_PF]]);
             }
+            const int64_t j = kept[i];
             const float p = expf(logits[j] - M);
             S += p;
             const float * vr = adamas_row_f32(v, vbase + sel[j]*v->nb[1], row);
