@@ -3,6 +3,7 @@
 #   make test   build (with the C++ tests) and install into .venv, then run every test
 #   make cuda   the same install with the CUDA backend (-DGGML_CUDA=ON)
 #   make server the install with llama-server (upstream's, with the --adamas-* flags): .venv/bin/llama-server
+#   make rpc    the install with ggml's RPC backend and rpc-server (python -m adamas_gguf rpc-server)
 #   V=1         show the build log (make install V=1)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +17,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # The build log (upstream's many GCC warnings included) shows with `make install V=1`.
 INSTALL := $(PIP) install $(if $(V),-v) --no-build-isolation -Ccmake.define.ADAMAS_BUILD_TESTS=ON
 
-.PHONY: deps install cuda server run test clean
+.PHONY: deps install cuda server rpc run test clean
 all: install
 
 $(VENV)/.deps: pyproject.toml
@@ -35,6 +36,10 @@ cuda: deps
 # CMake keeps the option in the build tree: a later `make install` there still builds the server
 server: deps
 	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_SERVER=ON .
+
+# the same: ADAMAS_BUILD_RPC stays on in the build tree
+rpc: deps
+	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_RPC=ON .
 
 run: install
 	$(PY) -m adamas_gguf run -p "$(PROMPT)" -n 32 --temp 0

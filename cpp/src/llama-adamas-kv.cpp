@@ -113,6 +113,13 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
                   ggml_type_name(k->type) + ", V " + ggml_type_name(v->type) + ", budget " + std::to_string(p.budget) +
                   (p.select_mode == LLAMA_ADAMAS_SELECT_EXACT ? std::string(", select exact") :
                    p.rerank > 1 ? ", rerank " + std::to_string(p.rerank) : std::string()) + ")";
+            // an RPC device knows why (no Adamas on its server, another wire version, ...): ggml-rpc-adamas.cpp
+            using reason_fn = const char * (*)(ggml_backend_dev_t);
+            ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+            auto rpc_reason = reg ? (reason_fn) ggml_backend_reg_get_proc_address(reg, "ggml_backend_rpc_adamas_reason") : nullptr;
+            if (const char * why = rpc_reason ? rpc_reason(dev) : nullptr) {
+                msg += std::string(": ") + why;
+            }
             return msg.c_str();
         }
     }
@@ -126,6 +133,13 @@ static const char * adamas_cache_reason(const llama_cparams & cp, const llama_hp
         return "flash attention is off (Adamas reads V untransposed)";
     }
     return adamas_device_reason(cp.adamas, hp, il, c, k, v);
+}
+
+// A coded layer whose device runs the Adamas ops. The others decode dense and never read their codes, so nothing
+// rebuilds or checks those: an encode put to such a device would stop the scheduler (a cache tensor lives there).
+static bool adamas_layer_coded(const llama_context * lctx, const llama_hparams & hp, uint32_t il,
+                               const ggml_tensor * c, const ggml_tensor * k, const ggml_tensor * v) {
+    return c && adamas_cache_reason(lctx->get_cparams(), hp, il, c, k, v) == nullptr;
 }
 
 ggml_tensor * llama_adamas_kv::new_codes(ggml_context * ctx, const llama_hparams & hp, uint32_t il, uint32_t kv_size, uint32_t n_stream) {
@@ -207,7 +221,12 @@ bool llama_adamas_kv::update_pending(const llama_kv_cache & kv, const llama_cont
     }
     for (uint32_t s = 0; s < kv.n_stream; ++s) {
         if (update_stream(kv, s, lctx->get_cparams().adamas.budget)) {
-            return true;
+            for (const auto & layer : kv.layers) {
+                if (adamas_layer_coded(lctx, kv.hparams, layer.il, layer.c, layer.k, layer.v)) {
+                    return true;
+                }
+            }
+            return false;
         }
     }
     return false;
@@ -234,7 +253,7 @@ bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
     ggml_cgraph  * gf  = res->get_gf();
 
     for (const auto & layer : kv.layers) {
-        if (!layer.c) {
+        if (!adamas_layer_coded(lctx, kv.hparams, layer.il, layer.c, layer.k, layer.v)) {
             continue;
         }
         const int64_t D   = kv.hparams.n_embd_head_k(layer.il);
@@ -441,7 +460,7 @@ int64_t llama_adamas_kv::verify(llama_context * lctx) {
     }
     int64_t n_bad = 0;
     for (const auto & layer : kv->layers) {
-        if (!layer.c) {
+        if (!adamas_layer_coded(lctx, kv->hparams, layer.il, layer.c, layer.k, layer.v)) {
             continue;
         }
         const int64_t D   = kv->hparams.n_embd_head_k(layer.il);
