@@ -1,6 +1,6 @@
 # Developer entry points. On a fresh machine `make run` and `make test` set everything up first.
 #   make run    build and install into .venv, then generate with the default model (SmolLM2-135M)
-#   make test   build (with the C++ tests) and install into .venv, then run every test
+#   make test   build (with the C++ tests, llama-server and rpc-server) and install into .venv, then run every test
 #   make cuda   the same install with the CUDA backend (-DGGML_CUDA=ON)
 #   make server the install with llama-server (upstream's, with the --adamas-* flags): .venv/bin/llama-server
 #   make rpc    the install with ggml's RPC backend and rpc-server (python -m adamas_gguf rpc-server)
@@ -44,8 +44,9 @@ rpc: deps
 run: install
 	$(PY) -m adamas_gguf run -p "$(PROMPT)" -n 32 --temp 0
 
-# with llama-server, which tests/test_server.py starts
-test: server
+# with llama-server and rpc-server, which tests/test_server.py and tests/test_rpc.py start
+test: deps
+	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_SERVER=ON -Ccmake.define.ADAMAS_BUILD_RPC=ON .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -98,15 +98,20 @@ def prompt_tokens(n: int, n_vocab: int, seed: int = 3) -> list[int]:
     return [int(t) for t in rng.integers(3, n_vocab, size=n)]  # past the control tokens
 
 
+def last_logits(llm) -> np.ndarray:
+    ptr = adamas_gguf.llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
 def trace(llm, toks: list[int], steps: int = STEPS):
     """Logits of the prompt's last token and of each greedy decode step, and the sparse steps taken."""
     llm.reset()
     s0 = llm.adamas_sparse_steps
     llm.eval(toks)
-    rows = [np.array(llm.scores[llm.n_tokens - 1], copy=True)]
+    rows = [last_logits(llm)]
     for _ in range(steps):
         llm.eval([int(np.argmax(rows[-1]))])
-        rows.append(np.array(llm.scores[llm.n_tokens - 1], copy=True))
+        rows.append(last_logits(llm))
     return np.stack(rows), llm.adamas_sparse_steps - s0
 
 
@@ -157,7 +162,7 @@ def test_help_says_no_authentication(cli):
 
 
 @pytest.mark.parametrize("args, code, words", [
-    (["--port", "0"], 2, "--port: 0 is out of range"),
+    (["--port", "0"], 2, "--port/-p: 0 is out of range"),
     (["--port", "x"], 2, "invalid integer"),
     (["--host", "1.2.3.4:5"], 2, "is not a host name"),
     (["-t", "0"], 2, "-t/--threads: 0 is out of range"),
