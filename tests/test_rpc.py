@@ -289,6 +289,25 @@ def test_layers_split_over_good_and_bad_server(servers, tiny_model, local_traces
     assert np.array_equal(got, dense)
 
 
+def test_only_the_bad_servers_layers_dense(servers, tiny_model):
+    # 1:1 of the 5 offloaded slots: layers 0-2 on the good server, 3 on the one without Adamas: layer 2 runs
+    # sparse, layer 3 dense, and the library says which
+    llm = load(tiny_model, BUDGET, rpc_servers=[servers["a"].endpoint, servers["none"].endpoint],
+               tensor_split=[1, 1])
+    try:
+        assert llm.adamas_unavailable_reason is None
+        assert llm.adamas_n_sparse_layers == 1
+        off = llm.adamas_refused_layers
+        assert list(off) == [3] and "has no Adamas kernels" in off[3], off
+        assert llm.adamas_layer_reasons[2] is None
+        got, steps = trace(llm, prompt_tokens(PROMPT, llm.n_vocab()))
+        assert llm.adamas_verify_codes() == 0
+    finally:
+        llm.close()
+    assert steps == STEPS and np.isfinite(got).all()
+    assert servers["none"].alive() and servers["a"].alive()
+
+
 def test_default_model_equals_local(servers, default_model):
     toks = None
     results = []

@@ -392,16 +392,22 @@ const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
     if (!kv->adamas.reason.empty()) {
         return kv->adamas.reason.c_str();
     }
+    // the first layer's reason, unless some layer past n_dense can run sparse (layers split over devices, some
+    // of which lack the Adamas ops: see layer_reason for those)
+    const int32_t n_dense = lctx->get_cparams().adamas.n_dense;
+    static thread_local std::string msg;
+    msg.clear();
     for (const auto & layer : kv->layers) {
         const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), kv->hparams, layer.il, layer.c, layer.k, layer.v)
                                    : adamas_layer_reason(kv->hparams, layer.il);
-        if (why) {
-            static thread_local std::string msg;
+        if (!why && (int32_t) layer.il >= n_dense) {
+            return nullptr;
+        }
+        if (why && msg.empty()) {
             msg = std::string("layer ") + std::to_string(layer.il) + ": " + why;
-            return msg.c_str();
         }
     }
-    return nullptr;
+    return msg.empty() ? nullptr : msg.c_str();
 }
 
 int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
@@ -412,7 +418,7 @@ int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
     const auto * kv = kv_of(lctx);
     int32_t n = 0;
     for (const auto & layer : kv->layers) {
-        n += layer.c && (int32_t) layer.il >= p.n_dense;
+        n += (int32_t) layer.il >= p.n_dense && adamas_layer_coded(lctx, kv->hparams, layer.il, layer.c, layer.k, layer.v);
     }
     return n;
 }
@@ -443,7 +449,16 @@ const char * llama_adamas_kv::layer_reason(const llama_context * lctx, int32_t i
     if (const char * why = adamas_layer_reason(hp, il)) {
         return why;
     }
-    return unavailable_reason(lctx);
+    if (const char * why = unavailable_reason(lctx)) {
+        return why;
+    }
+    // the layer's own device (some layers of the model run sparse elsewhere)
+    const auto & layer = kv->layers[kv->map_layer_ids.at(il)];
+    if (const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), hp, il, layer.c, layer.k, layer.v) : nullptr) {
+        msg = why;
+        return msg.c_str();
+    }
+    return nullptr;
 }
 
 int64_t llama_adamas_kv::verify(llama_context * lctx) {
@@ -775,8 +790,10 @@ ggml_tensor * llama_adamas_kv::build_attn(
         return nullptr;
     }
 
-    // what keeps this model (or layer) dense, said once per context
+    // what keeps this model (or layer) dense, said once per context; the cache's device is the layer's own
+    // (layers split over devices: those on one without the Adamas ops stay dense, the others sparse)
     const char * reason = nullptr;
+    bool model_wide = true;
     if (!c) {
         reason = adamas_layer_reason(g.hparams, il);
     } else if (kq_b || sinks) {
@@ -787,10 +804,14 @@ ggml_tensor * llama_adamas_kv::build_attn(
         reason = "transposed V cache";
     } else {
         reason = adamas_cache_reason(g.cparams, g.hparams, il, c, kv->layers[ikv->second].k, kv->layers[ikv->second].v);
+        model_wide = false;
     }
     if (reason) {
-        if (st.reason.empty()) {
+        if (!st.warned) {
             LLAMA_LOG_WARN("%s: Adamas off for layer %d (%s): it decodes dense\n", __func__, il, reason);
+            st.warned = true;
+        }
+        if (model_wide && st.reason.empty()) {
             st.reason = std::string("layer ") + std::to_string(il) + ": " + reason;
         }
         return nullptr;

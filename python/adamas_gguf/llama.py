@@ -169,6 +169,18 @@ class Llama(llama_cpp.Llama):
         ctx = self._ctx_ptr()
         return [_lib.llama_adamas_layer_reason(ctx, il) for il in range(llama_cpp.llama_model_n_layer(self.model))]
 
+    @property
+    def adamas_refused_layers(self) -> dict:
+        """{layer: reason} for the layers past n_dense that decode dense because their device cannot run Adamas
+        while other layers of the model run sparse (layers split over devices: e.g. an RPC server without the
+        same Adamas); {} otherwise (the whole model dense: see adamas_unavailable_reason)."""
+        if self.adamas_unavailable_reason is not None or self.adamas.dense:
+            return {}
+        by_design = ("sliding-window layer", "no KV-cache attention in this layer")
+        n_dense = self.adamas.n_dense
+        return {il: r for il, r in enumerate(self.adamas_layer_reasons)
+                if r is not None and il >= n_dense and not r.startswith(by_design)}
+
     def adamas_verify_codes(self) -> int:
         """For tests: re-encode every used cache cell's key on the CPU and count the stored code rows that
         differ (0: the codes are right; -1: the check could not run)."""

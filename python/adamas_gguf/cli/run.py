@@ -401,6 +401,11 @@ def _adamas_report(llm, params, args, flash_off: bool) -> None:
         base.note_flash_attn_off(params, reason)
     elif not params.dense and reason:
         base.print_note(f"Adamas off for this model: {reason}; decoding dense")
+    elif not params.dense and llm.adamas_refused_layers:  # layers split over devices, some without Adamas
+        off = llm.adamas_refused_layers
+        base.print_note(f"Adamas off for layer{'s' if len(off) > 1 else ''} {', '.join(map(str, off))}: "
+                        f"{next(iter(off.values()))}; they decode dense, {llm.adamas_n_sparse_layers} "
+                        f"layer{'s' if llm.adamas_n_sparse_layers != 1 else ''} sparse")
 
 
 def main(args, parser) -> int:
