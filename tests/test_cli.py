@@ -73,6 +73,8 @@ RUN_FLAGS = ("MODEL", "-m", "--model", "-p", "--prompt", "-f", "--file", "--chat
              # llama.cpp context flags (tests/test_run_cli.py tests them)
              "-fa", "--flash-attn", "-ctk", "--cache-type-k", "-ctv", "--cache-type-v", "-b", "--batch-size",
              "-ub", "--ubatch-size", "--no-mmap",
+             # devices (tests/test_rpc.py tests them)
+             "--rpc", "-sm", "--split-mode", "-ts", "--tensor-split", "-mg", "--main-gpu",
              # adamas (tests/test_adamas_params.py tests them)
              "--budget", "--dense-layers", "--thr-mode", "--thr-q", "--thr-k", "--select", "--sink", "--recent", "--rerank")
 
