@@ -94,7 +94,10 @@ class Llama(llama_cpp.Llama):
     # struct is the one llama_cpp keeps using (it only sets fields on it afterwards).
     @property
     def model_params(self):
-        return self.__dict__["_model_params"]
+        try:
+            return self.__dict__["_model_params"]
+        except KeyError:  # before llama_cpp.Llama's __init__ set it, as without the property
+            raise AttributeError("model_params") from None
 
     @model_params.setter
     def model_params(self, value) -> None:

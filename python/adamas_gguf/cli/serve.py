@@ -92,9 +92,7 @@ def main(args, parser) -> int:
     from .. import rpc
     try:
         app = server.create_app(server_settings, model_settings)
-    except GGUFError as e:
-        raise UserError(str(e)) from None
-    except rpc.RPCError as e:
+    except (GGUFError, rpc.RPCError) as e:
         raise UserError(str(e)) from None
     except (ValueError, RuntimeError, OSError) as e:
         hint = "" if args.verbose else "; run with --verbose to see llama.cpp's log"
