@@ -301,7 +301,9 @@ bool ggml_rpc_adamas_serve(const ggml_backend_t * backends, size_t n_backends,
             ggml_backend_dev_t dev = ggml_backend_get_device(backends[req.device]);
             adamas_supports_op_rsp rsp = {};
             // only our ops: the answer is theirs, and no other backend code sees made-up tensors
-            rsp.supported = ggml_rpc_adamas_is_op(op) && ggml_backend_dev_supports_op(dev, op);
+            static const char * refuse = std::getenv(GGML_RPC_ADAMAS_TEST_REFUSE_ENV);
+            rsp.supported = ggml_rpc_adamas_is_op(op) && ggml_backend_dev_supports_op(dev, op) &&
+                            !(refuse && strcmp(refuse, ggml_op_name(op->op)) == 0);
             snprintf(rsp.device, sizeof(rsp.device), "%s", ggml_backend_dev_name(dev));
             output.assign((const uint8_t *) &rsp, (const uint8_t *) &rsp + sizeof(rsp));
             return true;

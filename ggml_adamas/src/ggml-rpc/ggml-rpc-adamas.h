@@ -34,6 +34,9 @@
 // Test hook, read by a server: GGML_RPC_ADAMAS_TEST_WIRE=none acts as a server without Adamas (no mark, the
 // command unknown), =N announces wire version N instead of its own.
 #define GGML_RPC_ADAMAS_TEST_ENV "GGML_RPC_ADAMAS_TEST_WIRE"
+// Test hook, read by a server: GGML_RPC_ADAMAS_TEST_REFUSE=OP (ggml's op name, e.g. ADAMAS_SELECT) answers that
+// op unsupported, as a GPU whose kernels cannot take the shapes would.
+#define GGML_RPC_ADAMAS_TEST_REFUSE_ENV "GGML_RPC_ADAMAS_TEST_REFUSE"
 
 // client: one request and its fixed-size response over the endpoint's connection (ggml-rpc.cpp's dispatcher)
 typedef bool (*ggml_rpc_adamas_exchange_t)(const char * endpoint, const void * input, size_t input_size,
