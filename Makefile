@@ -1,8 +1,9 @@
 # Developer entry points. On a fresh machine `make run` and `make test` set everything up first.
 #   make run    build and install into .venv, then generate with the default model (SmolLM2-135M)
-#   make test   build (with the C++ tests) and install into .venv, then run every test
+#   make test   build (with the C++ tests, llama-server and rpc-server) and install into .venv, then run every test
 #   make cuda   the same install with the CUDA backend (-DGGML_CUDA=ON)
 #   make server the install with llama-server (upstream's, with the --adamas-* flags): .venv/bin/llama-server
+#   make rpc    the install with ggml's RPC backend and rpc-server (python -m adamas_gguf rpc-server)
 #   V=1         show the build log (make install V=1)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +17,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # The build log (upstream's many GCC warnings included) shows with `make install V=1`.
 INSTALL := $(PIP) install $(if $(V),-v) --no-build-isolation -Ccmake.define.ADAMAS_BUILD_TESTS=ON
 
-.PHONY: deps install cuda server run test clean
+.PHONY: deps install cuda server rpc run test clean
 all: install
 
 $(VENV)/.deps: pyproject.toml
@@ -36,11 +37,16 @@ cuda: deps
 server: deps
 	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_SERVER=ON .
 
+# the same: ADAMAS_BUILD_RPC stays on in the build tree
+rpc: deps
+	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_RPC=ON .
+
 run: install
 	$(PY) -m adamas_gguf run -p "$(PROMPT)" -n 32 --temp 0
 
-# with llama-server, which tests/test_server.py starts
-test: server
+# with llama-server and rpc-server, which tests/test_server.py and tests/test_rpc.py start
+test: deps
+	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_SERVER=ON -Ccmake.define.ADAMAS_BUILD_RPC=ON .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

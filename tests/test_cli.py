@@ -73,6 +73,8 @@ RUN_FLAGS = ("MODEL", "-m", "--model", "-p", "--prompt", "-f", "--file", "--chat
              # llama.cpp context flags (tests/test_run_cli.py tests them)
              "-fa", "--flash-attn", "-ctk", "--cache-type-k", "-ctv", "--cache-type-v", "-b", "--batch-size",
              "-ub", "--ubatch-size", "--no-mmap",
+             # devices (tests/test_rpc.py tests them)
+             "--rpc", "-sm", "--split-mode", "-ts", "--tensor-split", "-mg", "--main-gpu",
              # adamas (tests/test_adamas_params.py tests them)
              "--budget", "--dense-layers", "--thr-mode", "--thr-q", "--thr-k", "--select", "--sink", "--recent", "--rerank")
 
@@ -112,7 +114,7 @@ def test_cli_modules_use_no_private_names_of_each_other():
     import ast
     folder = Path(cli_mod.__file__).parent
     modules = {f.stem for f in folder.glob("*.py")}
-    assert {"base", "run", "eval", "bench"} <= modules and set(cli_mod.COMMANDS) <= modules
+    assert {"base", "run", "eval", "bench"} <= modules and {c.replace("-", "_") for c in cli_mod.COMMANDS} <= modules
     for f in sorted(folder.glob("*.py")):
         tree = ast.parse(f.read_text(), str(f))
         siblings = set()  # names bound to sibling modules in this file

@@ -73,7 +73,9 @@ LLAMA_API int64_t llama_adamas_n_sparse_steps(const struct llama_context * ctx);
 // them all, from the step that took it past the budget on.
 LLAMA_API int64_t llama_adamas_verify_codes(struct llama_context * ctx);
 
-// Why Adamas cannot serve this context, or NULL if it can (e.g. "head_dim 80 is not a power of two").
+// Why Adamas cannot serve this context, or NULL if it can (e.g. "head_dim 80 is not a power of two"). NULL too
+// when it serves some layers only: with layers split over devices, those whose device lacks the Adamas ops (an
+// RPC server without the same Adamas) decode dense; llama_adamas_layer_reason says which.
 LLAMA_API const char * llama_adamas_unavailable_reason(const struct llama_context * ctx);
 
 // Why layer il decodes dense with the current parameters, or NULL if it runs sparse decode steps: e.g. one of

@@ -113,6 +113,13 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
                   ggml_type_name(k->type) + ", V " + ggml_type_name(v->type) + ", budget " + std::to_string(p.budget) +
                   (p.select_mode == LLAMA_ADAMAS_SELECT_EXACT ? std::string(", select exact") :
                    p.rerank > 1 ? ", rerank " + std::to_string(p.rerank) : std::string()) + ")";
+            // an RPC device knows why (no Adamas on its server, another wire version, ...): ggml-rpc-adamas.cpp
+            using reason_fn = const char * (*)(ggml_backend_dev_t);
+            ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+            auto rpc_reason = reg ? (reason_fn) ggml_backend_reg_get_proc_address(reg, "ggml_backend_rpc_adamas_reason") : nullptr;
+            if (const char * why = rpc_reason ? rpc_reason(dev) : nullptr) {
+                msg += std::string(": ") + why;
+            }
             return msg.c_str();
         }
     }
@@ -126,6 +133,13 @@ static const char * adamas_cache_reason(const llama_cparams & cp, const llama_hp
         return "flash attention is off (Adamas reads V untransposed)";
     }
     return adamas_device_reason(cp.adamas, hp, il, c, k, v);
+}
+
+// A coded layer whose device runs the Adamas ops. The others decode dense and never read their codes, so nothing
+// rebuilds or checks those: an encode put to such a device would stop the scheduler (a cache tensor lives there).
+static bool adamas_layer_coded(const llama_context * lctx, const llama_hparams & hp, uint32_t il,
+                               const ggml_tensor * c, const ggml_tensor * k, const ggml_tensor * v) {
+    return c && adamas_cache_reason(lctx->get_cparams(), hp, il, c, k, v) == nullptr;
 }
 
 ggml_tensor * llama_adamas_kv::new_codes(ggml_context * ctx, const llama_hparams & hp, uint32_t il, uint32_t kv_size, uint32_t n_stream) {
@@ -207,7 +221,12 @@ bool llama_adamas_kv::update_pending(const llama_kv_cache & kv, const llama_cont
     }
     for (uint32_t s = 0; s < kv.n_stream; ++s) {
         if (update_stream(kv, s, lctx->get_cparams().adamas.budget)) {
-            return true;
+            for (const auto & layer : kv.layers) {
+                if (adamas_layer_coded(lctx, kv.hparams, layer.il, layer.c, layer.k, layer.v)) {
+                    return true;
+                }
+            }
+            return false;
         }
     }
     return false;
@@ -234,7 +253,7 @@ bool llama_adamas_kv::update(llama_kv_cache & kv, llama_context * lctx) {
     ggml_cgraph  * gf  = res->get_gf();
 
     for (const auto & layer : kv.layers) {
-        if (!layer.c) {
+        if (!adamas_layer_coded(lctx, kv.hparams, layer.il, layer.c, layer.k, layer.v)) {
             continue;
         }
         const int64_t D   = kv.hparams.n_embd_head_k(layer.il);
@@ -373,16 +392,22 @@ const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
     if (!kv->adamas.reason.empty()) {
         return kv->adamas.reason.c_str();
     }
+    // the first layer's reason, unless some layer past n_dense can run sparse (layers split over devices, some
+    // of which lack the Adamas ops: see layer_reason for those)
+    const int32_t n_dense = lctx->get_cparams().adamas.n_dense;
+    static thread_local std::string msg;
+    msg.clear();
     for (const auto & layer : kv->layers) {
         const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), kv->hparams, layer.il, layer.c, layer.k, layer.v)
                                    : adamas_layer_reason(kv->hparams, layer.il);
-        if (why) {
-            static thread_local std::string msg;
+        if (!why && (int32_t) layer.il >= n_dense) {
+            return nullptr;
+        }
+        if (why && msg.empty()) {
             msg = std::string("layer ") + std::to_string(layer.il) + ": " + why;
-            return msg.c_str();
         }
     }
-    return nullptr;
+    return msg.empty() ? nullptr : msg.c_str();
 }
 
 int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
@@ -393,7 +418,7 @@ int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
     const auto * kv = kv_of(lctx);
     int32_t n = 0;
     for (const auto & layer : kv->layers) {
-        n += layer.c && (int32_t) layer.il >= p.n_dense;
+        n += (int32_t) layer.il >= p.n_dense && adamas_layer_coded(lctx, kv->hparams, layer.il, layer.c, layer.k, layer.v);
     }
     return n;
 }
@@ -424,7 +449,16 @@ const char * llama_adamas_kv::layer_reason(const llama_context * lctx, int32_t i
     if (const char * why = adamas_layer_reason(hp, il)) {
         return why;
     }
-    return unavailable_reason(lctx);
+    if (const char * why = unavailable_reason(lctx)) {
+        return why;
+    }
+    // the layer's own device (some layers of the model run sparse elsewhere)
+    const auto & layer = kv->layers[kv->map_layer_ids.at(il)];
+    if (const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), hp, il, layer.c, layer.k, layer.v) : nullptr) {
+        msg = why;
+        return msg.c_str();
+    }
+    return nullptr;
 }
 
 int64_t llama_adamas_kv::verify(llama_context * lctx) {
@@ -441,7 +475,7 @@ int64_t llama_adamas_kv::verify(llama_context * lctx) {
     }
     int64_t n_bad = 0;
     for (const auto & layer : kv->layers) {
-        if (!layer.c) {
+        if (!adamas_layer_coded(lctx, kv->hparams, layer.il, layer.c, layer.k, layer.v)) {
             continue;
         }
         const int64_t D   = kv->hparams.n_embd_head_k(layer.il);
@@ -756,8 +790,10 @@ ggml_tensor * llama_adamas_kv::build_attn(
         return nullptr;
     }
 
-    // what keeps this model (or layer) dense, said once per context
+    // what keeps this model (or layer) dense, said once per context; the cache's device is the layer's own
+    // (layers split over devices: those on one without the Adamas ops stay dense, the others sparse)
     const char * reason = nullptr;
+    bool model_wide = true;
     if (!c) {
         reason = adamas_layer_reason(g.hparams, il);
     } else if (kq_b || sinks) {
@@ -768,10 +804,14 @@ ggml_tensor * llama_adamas_kv::build_attn(
         reason = "transposed V cache";
     } else {
         reason = adamas_cache_reason(g.cparams, g.hparams, il, c, kv->layers[ikv->second].k, kv->layers[ikv->second].v);
+        model_wide = false;
     }
     if (reason) {
-        if (st.reason.empty()) {
+        if (!st.warned) {
             LLAMA_LOG_WARN("%s: Adamas off for layer %d (%s): it decodes dense\n", __func__, il, reason);
+            st.warned = true;
+        }
+        if (model_wide && st.reason.empty()) {
             st.reason = std::string("layer ") + std::to_string(il) + ": " + reason;
         }
         return nullptr;

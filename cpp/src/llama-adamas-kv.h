@@ -26,7 +26,9 @@ struct llama_adamas_kv_state {
     // were invalidated; they are rebuilt from K when a step first needs them
     std::vector<bool> stale;
     int64_t     n_sparse_steps  = 0;    // ubatches decoded with sparse attention
-    std::string reason;                 // why a layer decodes dense (empty: none found yet); logged once, when set
+    std::string reason;                 // why the model decodes dense (attention bias, sinks, ...; empty: none found
+                                        // yet); a layer's device refusing is the layer's, not the model's
+    bool        warned          = false; // the first dense layer was logged (once per context)
     int32_t     budget          = 0;    // the context's budget (llama_adamas_set), for splitting batches
 
     bool is_stale(uint32_t s) const { return s < stale.size() && stale[s]; }

@@ -21,6 +21,10 @@
 // and the exact L1 distance between two code vectors is three popcounts:
 //   S = s_q ^ s_k;  L1 = popc(S) + popc(m_q ^ m_k) + 2*popc(S & m_q & m_k)
 // (same sign: |dq - dk| = m_q ^ m_k; opposite signs: 1 + m_q + m_k).
+//
+// A change to an op's parameters (op_params), sources or meaning must bump GGML_RPC_ADAMAS_WIRE_VERSION
+// (src/ggml-rpc/ggml-rpc-adamas.h): RPC servers run the graphs clients send them, and refuse the ops only
+// when the versions differ.
 
 #include "ggml.h"
 

@@ -1,10 +1,11 @@
 """`adamas_gguf.Llama`: llama_cpp.Llama running on our libraries, with the Adamas parameters."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
-from . import _lib, models
+from . import _lib, models, rpc
 from ._lib import llama_cpp
 from .adamas import AdamasParams
 from .gguf_check import check_gguf
@@ -48,6 +49,13 @@ class Llama(llama_cpp.Llama):
 
     The keywords are the fields of `AdamasParams` (budget=0 keeps decoding dense). They are checked
     before anything else, the model file included: a bad value raises ValueError at no cost.
+
+    `rpc_servers="host:port,host:port"` (or a list) puts the layers on rpc-servers (`python -m adamas_gguf
+    rpc-server`, a build with ADAMAS_BUILD_RPC), for this model only; n_gpu_layers then defaults to -1 (every
+    layer there), and split_mode/tensor_split/main_gpu apply to the servers' devices, in the order given, then
+    the local GPUs. A server is checked first (rpc.RPCError, a ConnectionError, if none listens, it does not
+    answer or speaks another protocol). Layers on a server without the same Adamas decode dense; see
+    adamas_unavailable_reason. RPC has no authentication: keep servers on trusted networks.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
@@ -55,6 +63,8 @@ class Llama(llama_cpp.Llama):
         # The parameters first (cheap, and a mistake in the call whatever the file), then the file.
         params = _resolve(kwargs.get("adamas"), {k: kwargs[k] for k in ADAMAS_KEYWORDS if k in kwargs})
         _check_flash_attn(params, kwargs.get("flash_attn", True))
+        if kwargs.get("rpc_servers") is not None:
+            rpc.parse_servers(kwargs["rpc_servers"])  # the spelling; the servers themselves in __init__
         model_path = args[0] if args else kwargs.get("model_path")
         if model_path is not None:  # None: unpickling (__new__ without arguments, then __setstate__)
             check_gguf(models.resolve_model(model_path))
@@ -64,14 +74,47 @@ class Llama(llama_cpp.Llama):
                  budget: int = _D.budget, n_dense: int = _D.n_dense, thr_mode: str = _D.thr_mode,
                  thr_q: float = _D.thr_q, thr_k: float = _D.thr_k, select: str = _D.select,
                  n_sink: int = _D.n_sink, n_recent: int = _D.n_recent, rerank: int = _D.rerank,
-                 adamas: Optional[AdamasParams] = None, **kwargs: Any):
+                 adamas: Optional[AdamasParams] = None,
+                 rpc_servers: Optional[Union[str, Sequence[str]]] = None, **kwargs: Any):
         # resolved again (cheap): __init__ also runs without our __new__'s checks, from __setstate__
         params = _resolve(adamas, dict(budget=budget, n_dense=n_dense, thr_mode=thr_mode, thr_q=thr_q,
                                        thr_k=thr_k, select=select, n_sink=n_sink, n_recent=n_recent,
                                        rerank=rerank))
         _check_flash_attn(params, flash_attn)
+        self.rpc_servers = None if rpc_servers is None else rpc.parse_servers(rpc_servers)
+        if self.rpc_servers is not None:
+            # before llama_cpp.Llama sets model_params (see the property below)
+            self.__dict__["_rpc_devices"] = rpc.model_devices(self.rpc_servers)
+            kwargs.setdefault("n_gpu_layers", -1)
         super().__init__(models.resolve_model(model_path), *args, flash_attn=flash_attn, **kwargs)
         self._apply_adamas(params)
+
+    # llama_cpp.Llama builds its llama_model_params in __init__ and loads the model right after, with no hook in
+    # between: as a property, the assignment lands here, where the RPC servers' device list is put in. The
+    # struct is the one llama_cpp keeps using (it only sets fields on it afterwards).
+    @property
+    def model_params(self):
+        try:
+            return self.__dict__["_model_params"]
+        except KeyError:  # before llama_cpp.Llama's __init__ set it, as without the property
+            raise AttributeError("model_params") from None
+
+    @model_params.setter
+    def model_params(self, value) -> None:
+        devices = self.__dict__.get("_rpc_devices")
+        if devices is not None:
+            value.devices = ctypes.addressof(devices)
+        self.__dict__["_model_params"] = value
+
+    def __del__(self) -> None:
+        if "_stack" in self.__dict__:  # not when our __init__ stopped before llama_cpp.Llama's (a bad server)
+            super().__del__()
+
+    @property
+    def rpc_devices(self) -> list:
+        """The names of the devices given to llama.cpp for this model's layers with rpc_servers (e.g. ["RPC0"]),
+        [] without."""
+        return rpc.describe(self.__dict__.get("_rpc_devices"))
 
     # --------------------------------------------------------------------------------------------
     # Adamas
@@ -129,6 +172,18 @@ class Llama(llama_cpp.Llama):
         ctx = self._ctx_ptr()
         return [_lib.llama_adamas_layer_reason(ctx, il) for il in range(llama_cpp.llama_model_n_layer(self.model))]
 
+    @property
+    def adamas_refused_layers(self) -> dict:
+        """{layer: reason} for the layers past n_dense that decode dense because their device cannot run Adamas
+        while other layers of the model run sparse (layers split over devices: e.g. an RPC server without the
+        same Adamas); {} otherwise (the whole model dense: see adamas_unavailable_reason)."""
+        if self.adamas_unavailable_reason is not None or self.adamas.dense:
+            return {}
+        by_design = ("sliding-window layer", "no KV-cache attention in this layer")
+        n_dense = self.adamas.n_dense
+        return {il: r for il, r in enumerate(self.adamas_layer_reasons)
+                if r is not None and il >= n_dense and not r.startswith(by_design)}
+
     def adamas_verify_codes(self) -> int:
         """For tests: re-encode every used cache cell's key on the CPU and count the stored code rows that
         differ (0: the codes are right; -1: the check could not run)."""
@@ -138,4 +193,5 @@ class Llama(llama_cpp.Llama):
         # pickling rebuilds the object through __init__(**state): keep the Adamas parameters
         state = super().__getstate__()
         state["adamas"] = self.adamas
+        state["rpc_servers"] = self.rpc_servers
         return state

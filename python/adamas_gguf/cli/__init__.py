@@ -1,9 +1,10 @@
 """Command line: `python -m adamas_gguf COMMAND ...` (also installed as `adamas-gguf`).
 
-One module per command: run.py, eval.py, bench.py, serve.py, each with `add_parser(subparsers)` and
-`main(args, parser) -> exit code`, all over base.py (errors, flag types, the model and Adamas flags, model
-loading, output); eval and bench also share measure.py. No module uses another's private names. This file
-builds the parser and turns what a command raises into one line on stderr and an exit code.
+One module per command: run.py, eval.py, bench.py, serve.py, rpc_server.py (`rpc-server`), each with
+`add_parser(subparsers)` and `main(args, parser) -> exit code`, all over base.py (errors, flag types, the
+model and Adamas flags, model loading, output); eval and bench also share measure.py. No module uses another's
+private names. This file builds the parser and turns what a command raises into one line on stderr and an
+exit code.
 """
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import base, bench, eval as eval_command, run, serve
+from . import base, bench, eval as eval_command, rpc_server, run, serve
 from .base import PROG, UserError
 
-COMMANDS = {"run": run, "eval": eval_command, "bench": bench, "serve": serve}
+COMMANDS = {"run": run, "eval": eval_command, "bench": bench, "serve": serve, "rpc-server": rpc_server}
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 

@@ -271,6 +271,77 @@ def context_kwargs(args, parser: argparse.ArgumentParser) -> dict:
                 n_batch=args.batch_size, n_ubatch=args.ubatch_size, use_mmap=not args.no_mmap)
 
 
+# ------------------------------------------------------------------------------------------------
+# devices: RPC servers and the split over devices (run and serve), with llama-cli's names and meanings
+
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}  # enum llama_split_mode
+MAX_DEVICES = 16  # llama_max_devices() of this build (LLAMA_MAX_DEVICES); checked in tests/test_rpc.py
+
+
+def rpc_servers(s: str) -> list:
+    from ..rpc import parse_servers  # pure parsing: no library call
+    try:
+        return parse_servers(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("rpc_servers", "--rpc")) from None
+
+
+def tensor_split(s: str) -> list:
+    parts = [p for p in s.replace("/", ",").split(",")]
+    if len(parts) > MAX_DEVICES:
+        raise argparse.ArgumentTypeError(f"{len(parts)} proportions, but at most {MAX_DEVICES} devices")
+    out = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{p!r} is not a number (give proportions like 3,1)") from None
+        if not math.isfinite(v) or v < 0:
+            raise argparse.ArgumentTypeError(f"{p!r}: a proportion must be a finite number >= 0")
+        out.append(v)
+    if not any(out):
+        raise argparse.ArgumentTypeError(f"{s!r}: at least one proportion must be > 0")
+    return out
+
+
+def add_device_args(g) -> None:
+    """--rpc, -sm, -ts, -mg (llama-cli's) into the argument group g; see device_kwargs."""
+    g.add_argument("--rpc", type=rpc_servers, metavar="SERVERS",
+                   help="comma-separated rpc-servers (host:port) to put the model's layers on, as llama-cli's "
+                        "--rpc; start them with `python -m adamas_gguf rpc-server`. RPC has no authentication: "
+                        "use servers on trusted networks only. Layers on a server that cannot run Adamas (not "
+                        "an adamas_gguf rpc-server of the same version) decode dense, said once "
+                        "(default: none, all local)")
+    g.add_argument("-sm", "--split-mode", choices=list(SPLIT_MODES), default=None,
+                   help="how to split the model over several devices (RPC servers, GPUs): none = one device "
+                        "(-mg), layer = layers and their KV cache, row = also rows of the weights, tensor = "
+                        "weights and KV cache (experimental) (default: layer)")
+    g.add_argument("-ts", "--tensor-split", type=tensor_split, metavar="N0,N1,...",
+                   help="the share of the model for each device, as proportions, e.g. 3,1; devices are the "
+                        "--rpc servers' in the order given, then local GPUs (default: by free memory)")
+    g.add_argument("-mg", "--main-gpu", type=int_type(-1, MAX_DEVICES - 1), default=None, metavar="INDEX",
+                   help="with -sm none: the device that holds the model; with -sm row: the one for "
+                        "intermediate results and the KV cache (default: 0)")
+
+
+def device_kwargs(args) -> dict:
+    """Llama's keyword arguments for add_device_args' flags (only those given)."""
+    out = {}
+    if args.rpc is not None:
+        from ..rpc import available
+        if not available():
+            raise UserError("--rpc: this adamas_gguf build has no RPC backend; rebuild it with `make rpc` "
+                            "(or pip install with -Ccmake.define.ADAMAS_BUILD_RPC=ON)")
+        out["rpc_servers"] = args.rpc
+    if args.split_mode is not None:
+        out["split_mode"] = SPLIT_MODES[args.split_mode]
+    if args.tensor_split is not None:
+        out["tensor_split"] = args.tensor_split
+    if args.main_gpu is not None:
+        out["main_gpu"] = args.main_gpu
+    return out
+
+
 def dense_without_flash_attn(params, kwargs: dict):
     """The Adamas parameters to load with: Adamas needs flash attention, so with -fa off a budget > 0 becomes
     dense (budget 0); the caller says so (note_flash_attn_off). Returns (params, whether it was turned off)."""
@@ -373,9 +444,10 @@ def load_llama(path: str, verbose: bool, **kwargs):
     """adamas_gguf.Llama(path, **kwargs); a file or load failure is a UserError that says why."""
     from .. import Llama
     from ..gguf_check import GGUFError
+    from ..rpc import RPCError
     try:
         return Llama(path, verbose=verbose, **kwargs)  # checks the file first (GGUFError)
-    except GGUFError as e:
+    except (GGUFError, RPCError) as e:
         raise UserError(str(e)) from None
     except (ValueError, RuntimeError, OSError) as e:
         hint = "" if verbose else "; run with --verbose to see llama.cpp's log"

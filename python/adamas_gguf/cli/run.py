@@ -118,6 +118,7 @@ def add_parser(sub) -> None:
                    metavar="N", help=f"the number of layers to put on the GPU; -1 = all; has no effect on "
                                      f"a CPU-only build (default: {base.N_GPU_LAYERS})")
     base.add_context_args(g)
+    base.add_device_args(g)
     g.add_argument("--show-timings", action=argparse.BooleanOptionalAction, default=True,
                    help="the timings line on stderr at the end (after each reply with -cnv), as llama-cli; "
                         "--no-show-timings: none (default: shown)")
@@ -151,9 +152,9 @@ def _read_prompt(args) -> Optional[str]:
     return args.prompt.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _load(path: str, args, params, context: dict):
+def _load(path: str, args, params, context: dict, devices: dict):
     kwargs = dict(n_ctx=args.ctx_size, n_gpu_layers=args.n_gpu_layers, seed=args.seed, adamas=params,
-                  **context)
+                  **context, **devices)
     if args.threads is not None:
         kwargs.update(n_threads=args.threads, n_threads_batch=args.threads)
     return base.load_llama(path, args.verbose, **kwargs)
@@ -401,11 +402,17 @@ def _adamas_report(llm, params, args, flash_off: bool) -> None:
         base.note_flash_attn_off(params, reason)
     elif not params.dense and reason:
         base.print_note(f"Adamas off for this model: {reason}; decoding dense")
+    elif not params.dense and llm.adamas_refused_layers:  # layers split over devices, some without Adamas
+        off = llm.adamas_refused_layers
+        base.print_note(f"Adamas off for layer{'s' if len(off) > 1 else ''} {', '.join(map(str, off))}: "
+                        f"{next(iter(off.values()))}; they decode dense, {llm.adamas_n_sparse_layers} "
+                        f"layer{'s' if llm.adamas_n_sparse_layers != 1 else ''} sparse")
 
 
 def main(args, parser) -> int:
     params = base.adamas_params(args, parser)  # before anything is loaded: a usage error costs nothing
     context = base.context_kwargs(args, parser)
+    devices = base.device_kwargs(args)
     load_params, flash_off = base.dense_without_flash_attn(params, context)
     chat = args.chat or args.conversation
     if args.system_prompt is not None and not chat:
@@ -413,7 +420,7 @@ def main(args, parser) -> int:
     prompt = _read_prompt(args)
     path = base.model_path(args)
     base.install_log(args.verbose)
-    llm = _load(path, args, load_params, context)
+    llm = _load(path, args, load_params, context, devices)
     out = base.Out()
     try:
         _adamas_report(llm, params, args, flash_off)

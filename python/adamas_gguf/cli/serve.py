@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
     g.add_argument("-ngl", "--n-gpu-layers", type=int_type(-1), default=base.N_GPU_LAYERS, metavar="N",
                    help=f"the number of layers to put on the GPU; -1 = all (default: {base.N_GPU_LAYERS})")
     base.add_context_args(g)
+    base.add_device_args(g)
     g.add_argument("-v", "--verbose", action="store_true",
                    help="show llama.cpp's log on stderr (default: the server's request log only)")
     base.add_adamas_args(p, multi_budget=False)
@@ -64,6 +65,7 @@ def _check_chat_format(name, parser) -> None:
 def main(args, parser) -> int:
     asked = base.adamas_params(args, parser)  # usage errors first, before anything is loaded
     context = base.context_kwargs(args, parser)
+    devices = base.device_kwargs(args)
     params, flash_off = base.dense_without_flash_attn(asked, context)
     try:
         import uvicorn
@@ -75,7 +77,10 @@ def main(args, parser) -> int:
     path = base.model_path(args)
     base.install_log(args.verbose)
     kwargs = dict(model=path, n_ctx=args.ctx_size, n_gpu_layers=args.n_gpu_layers, chat_format=args.chat_format,
-                  embedding=args.embedding, verbose=args.verbose, **context, **{k: getattr(params, k) for k in server.ADAMAS_KEYWORDS})
+                  embedding=args.embedding, verbose=args.verbose, **context, **devices,
+                  **{k: getattr(params, k) for k in server.ADAMAS_KEYWORDS})
+    if "rpc_servers" in kwargs:  # ModelSettings takes them as one string
+        kwargs["rpc_servers"] = ",".join(kwargs["rpc_servers"])
     if args.threads is not None:
         kwargs.update(n_threads=args.threads, n_threads_batch=args.threads)
     try:
@@ -84,9 +89,10 @@ def main(args, parser) -> int:
     except ValueError as e:  # pydantic's ValidationError: the flags were checked, so not expected
         raise UserError(base.one_line(e)) from None
     from ..gguf_check import GGUFError
+    from .. import rpc
     try:
         app = server.create_app(server_settings, model_settings)
-    except GGUFError as e:
+    except (GGUFError, rpc.RPCError) as e:
         raise UserError(str(e)) from None
     except (ValueError, RuntimeError, OSError) as e:
         hint = "" if args.verbose else "; run with --verbose to see llama.cpp's log"

@@ -1,0 +1,393 @@
+"""Layers on rpc-servers (ggml's RPC backend, a build with ADAMAS_BUILD_RPC), against the same model run locally.
+
+Servers are `python -m adamas_gguf rpc-server` subprocesses on free ports of 127.0.0.1, stopped by their own
+process ids. A server's CPU backend runs the same kernels as the local one, so every step's logits must be
+bitwise the local ones: dense, and with Adamas (budget 64, the default selection, a prompt past the budget,
+sparse steps counted), through one server and with the layers split over two. A server that cannot run our ops
+(GGML_RPC_ADAMAS_TEST_WIRE makes it announce another wire version, or none, as upstream's rpc-server) must turn
+Adamas off for its layers, with the reason, and decode exactly as local dense: never crash.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import adamas_gguf
+from adamas_gguf import _build_info, rpc
+from adamas_gguf.cli import base as cli_base
+
+from conftest import cli_env, run_cli
+
+pytestmark = pytest.mark.skipif(not _build_info.RPC,
+                                reason="built without RPC (ADAMAS_BUILD_RPC=ON; `make test` and `make rpc` build it)")
+
+BUDGET = 64
+PROMPT = 100  # tokens, past the budget: every decode step after it is sparse
+STEPS = 24
+N_CTX = 512
+THREADS = 1  # the server and the client each: on 2 cores neither waits for a descheduled thread
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m adamas_gguf rpc-server` on a free port; wire: GGML_RPC_ADAMAS_TEST_WIRE (None: the real one);
+    refuse: GGML_RPC_ADAMAS_TEST_REFUSE (an op its device then says it cannot run)."""
+
+    def __init__(self, tmp_path: Path, wire: str | None = None, refuse: str | None = None, timeout: float = 60):
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.log = tmp_path / f"rpc-server-{self.port}.log"
+        env = cli_env()
+        if wire is not None:
+            env["GGML_RPC_ADAMAS_TEST_WIRE"] = wire
+        if refuse is not None:
+            env["GGML_RPC_ADAMAS_TEST_REFUSE"] = refuse
+        with open(self.log, "wb") as f:
+            self.proc = subprocess.Popen([sys.executable, "-m", "adamas_gguf", "rpc-server", "--port",
+                                          str(self.port), "-t", str(THREADS)],
+                                         stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + timeout
+        while True:  # listening: a connection is accepted (the server reads EOF from it and goes on)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rpc-server exited with {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"rpc-server did not listen within {timeout} s: {self.log.read_text()}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Two servers of this build, one announcing another wire version, one like upstream's (no Adamas)."""
+    d = tmp_path_factory.mktemp("rpc")
+    s = {"a": Server(d), "b": Server(d), "v2": Server(d, wire="2"), "none": Server(d, wire="none"),
+         "refuse": Server(d, refuse="ADAMAS_SELECT")}
+    yield s
+    for srv in s.values():
+        srv.stop()
+
+
+def prompt_tokens(n: int, n_vocab: int, seed: int = 3) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int(t) for t in rng.integers(3, n_vocab, size=n)]  # past the control tokens
+
+
+def last_logits(llm) -> np.ndarray:
+    ptr = adamas_gguf.llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
+def trace(llm, toks: list[int], steps: int = STEPS):
+    """Logits of the prompt's last token and of each greedy decode step, and the sparse steps taken."""
+    llm.reset()
+    s0 = llm.adamas_sparse_steps
+    llm.eval(toks)
+    rows = [last_logits(llm)]
+    for _ in range(steps):
+        llm.eval([int(np.argmax(rows[-1]))])
+        rows.append(last_logits(llm))
+    return np.stack(rows), llm.adamas_sparse_steps - s0
+
+
+def load(model: Path, budget: int, **kw):
+    return adamas_gguf.Llama(str(model), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, seed=1,
+                             budget=budget, verbose=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def local_traces(tiny_model):
+    """The tiny model (4 layers, MHA, head_dim 64) run locally: dense and budget 64."""
+    out = {}
+    for budget in (0, BUDGET):
+        llm = load(tiny_model, budget)
+        toks = prompt_tokens(PROMPT, llm.n_vocab())
+        out[budget] = trace(llm, toks) + (toks,)
+        llm.close()
+    assert out[BUDGET][1] == STEPS, "the local run took no sparse steps"
+    return out
+
+
+# ---- the build and the command -----------------------------------------------------------------------------
+
+
+def test_installed():
+    binary = Path(_build_info.__file__).parent / "bin" / "ggml-rpc-server"
+    assert binary.is_file(), f"{binary}: built with ADAMAS_BUILD_RPC but not installed"
+    assert (Path(adamas_gguf.LIB_DIR) / "libggml-rpc.so").is_file()
+    assert rpc.available()
+
+
+def test_constants_match_the_build():
+    header = (Path(adamas_gguf.LIB_DIR).parent / "include" / "ggml-rpc.h").read_text()
+    version = tuple(int(re.search(rf"#define RPC_PROTO_{k}_VERSION\s+(\d+)", header).group(1))
+                    for k in ("MAJOR", "MINOR", "PATCH"))
+    assert version == rpc.RPC_PROTO_VERSION
+    assert int(re.search(r"#define GGML_RPC_MAX_SERVERS\s+(\d+)", header).group(1)) == rpc.GGML_RPC_MAX_SERVERS
+    assert adamas_gguf.llama_cpp.llama_max_devices() == cli_base.MAX_DEVICES
+
+
+def test_help_says_no_authentication(cli):
+    r = cli("rpc-server", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "no authentication" in " ".join(r.stdout.split()) and "127.0.0.1" in r.stdout
+    for command in ("run", "serve"):
+        r = cli(command, "--help")
+        flat = " ".join(r.stdout.split())
+        for flag in ("--rpc", "--split-mode", "--tensor-split", "--main-gpu", "no authentication"):
+            assert flag in flat, (command, flag)
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--port", "0"], 2, "--port/-p: 0 is out of range"),
+    (["--port", "x"], 2, "invalid integer"),
+    (["--host", "1.2.3.4:5"], 2, "is not a host name"),
+    (["-t", "0"], 2, "-t/--threads: 0 is out of range"),
+    (["--device", "NOPE0"], 1, "no device NOPE0 in this build; its devices: CPU"),
+    (["--bogus"], 2, "unrecognized arguments: --bogus"),
+])
+def test_server_bad_flags(cli, args, code, words):
+    r = cli("rpc-server", *args, timeout=60)
+    assert r.returncode == code and words in r.stderr, (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_handshake(servers):
+    assert rpc.handshake(servers["a"].endpoint) == {"version": rpc.RPC_PROTO_VERSION, "adamas": True}
+    assert rpc.handshake(servers["v2"].endpoint)["adamas"] is True  # the version comes in Adamas' own hello
+    assert rpc.handshake(servers["none"].endpoint) == {"version": rpc.RPC_PROTO_VERSION, "adamas": False}
+
+
+# ---- bad client input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("localhost", "is not host:port"),
+    ("127.0.0.1:0", "port must be a number from 1 to 65535"),
+    ("127.0.0.1:99999", "port must be a number from 1 to 65535"),
+    ("127.0.0.1:1,", "an empty server entry"),
+    ("127.0.0.1:5,127.0.0.1:5", "127.0.0.1:5 is given twice"),
+    ([1], "must be a string"),
+])
+def test_bad_rpc_servers_refused_before_loading(spec, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        adamas_gguf.Llama("/nonexistent.gguf", rpc_servers=spec)  # the servers first, the file after
+
+
+def test_nothing_listening(tiny_model):
+    port = free_port()
+    with pytest.raises(rpc.RPCError, match=f"rpc-server 127.0.0.1:{port}: cannot connect"):
+        adamas_gguf.Llama(str(tiny_model), rpc_servers=f"127.0.0.1:{port}", verbose=False)
+
+
+def test_busy_server_times_out(servers, monkeypatch):
+    # a server serves one client at a time: without the handshake's timeout, llama.cpp would wait forever
+    blocker = socket.create_connection(("127.0.0.1", servers["b"].port))
+    try:
+        blocker.sendall(bytes([rpc.RPC_CMD_HELLO]) + (24).to_bytes(8, "little") + bytes(24))
+        blocker.recv(36)
+        with pytest.raises(rpc.RPCError, match="is another client connected"):
+            rpc.handshake(servers["b"].endpoint, timeout=1)
+    finally:
+        blocker.close()
+
+
+# ---- equal to local ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [0, BUDGET])
+def test_one_server_equals_local(servers, tiny_model, local_traces, budget):
+    want, want_steps, toks = local_traces[budget]
+    llm = load(tiny_model, budget, rpc_servers=servers["a"].endpoint)
+    try:
+        assert len(llm.rpc_devices) == 1 and llm.rpc_devices[0].startswith("RPC"), llm.rpc_devices
+        assert llm.adamas_unavailable_reason is None
+        got, steps = trace(llm, toks)
+        if budget:
+            assert llm.adamas_n_sparse_layers == 2
+            assert llm.adamas_verify_codes() == 0  # the codes in the server's K buffer, read back
+    finally:
+        llm.close()
+    assert steps == want_steps
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+def test_two_servers_equal_local(servers, tiny_model, local_traces):
+    want, want_steps, toks = local_traces[BUDGET]
+    llm = load(tiny_model, BUDGET, rpc_servers=[servers["a"].endpoint, servers["b"].endpoint],
+               tensor_split=[1, 1])
+    try:
+        assert len(llm.rpc_devices) == 2
+        assert llm.adamas_unavailable_reason is None and llm.adamas_n_sparse_layers == 2
+        got, steps = trace(llm, toks)
+    finally:
+        llm.close()
+    assert steps == want_steps == STEPS
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+@pytest.mark.parametrize("wire, words", [
+    ("v2", "speaks Adamas wire version 2, this client 1"),
+    ("none", "has no Adamas kernels"),
+    # the same version, but its device refuses an op (as a GPU's kernels may): asked per op, over the wire
+    ("refuse", "RPC0 cannot run ADAMAS_SELECT"),
+])
+def test_server_without_our_adamas_decodes_dense(servers, tiny_model, local_traces, wire, words):
+    dense, _, toks = local_traces[0]
+    ep = servers[wire].endpoint
+    llm = load(tiny_model, BUDGET, rpc_servers=ep)
+    try:
+        reason = llm.adamas_unavailable_reason
+        assert reason and words.replace("RPC0", llm.rpc_devices[0]) in reason, reason
+        assert ep in reason or "the server's CPU cannot run ADAMAS_SELECT for these shapes" in reason, reason
+        assert llm.adamas_n_sparse_layers == 0
+        got, steps = trace(llm, toks)
+        # a state load leaves the codes stale past the budget: nothing may try to rebuild them over there
+        state = llm.save_state()
+        llm.load_state(state)
+        llm.eval([int(np.argmax(got[-1]))])
+        assert llm.adamas_verify_codes() == 0
+    finally:
+        llm.close()
+    assert steps == 0
+    assert np.array_equal(got, dense), f"max |diff| {np.abs(got - dense).max()}"
+    assert servers[wire].alive()
+
+
+def test_layers_split_over_good_and_bad_server(servers, tiny_model, local_traces):
+    # 2:3 of the 5 offloaded slots (4 layers and the output): layers 0-1 on the first server, 2-3 (the ones
+    # Adamas would make sparse) on the one that cannot run it, so all decode dense, as local dense
+    dense, _, toks = local_traces[0]
+    llm = load(tiny_model, BUDGET, rpc_servers=[servers["a"].endpoint, servers["none"].endpoint],
+               tensor_split=[2, 3])
+    try:
+        assert "has no Adamas kernels" in (llm.adamas_unavailable_reason or "")
+        got, steps = trace(llm, toks)
+    finally:
+        llm.close()
+    assert steps == 0
+    assert np.array_equal(got, dense)
+
+
+def test_only_the_bad_servers_layers_dense(servers, tiny_model):
+    # 1:1 of the 5 offloaded slots: layers 0-2 on the good server, 3 on the one without Adamas: layer 2 runs
+    # sparse, layer 3 dense, and the library says which
+    llm = load(tiny_model, BUDGET, rpc_servers=[servers["a"].endpoint, servers["none"].endpoint],
+               tensor_split=[1, 1])
+    try:
+        assert llm.adamas_unavailable_reason is None
+        assert llm.adamas_n_sparse_layers == 1
+        off = llm.adamas_refused_layers
+        assert list(off) == [3] and "has no Adamas kernels" in off[3], off
+        assert llm.adamas_layer_reasons[2] is None
+        got, steps = trace(llm, prompt_tokens(PROMPT, llm.n_vocab()))
+        assert llm.adamas_verify_codes() == 0
+    finally:
+        llm.close()
+    assert steps == STEPS and np.isfinite(got).all()
+    assert servers["none"].alive() and servers["a"].alive()
+
+
+def test_default_model_equals_local(servers, default_model):
+    toks = None
+    results = []
+    for servers_arg in (None, servers["a"].endpoint):
+        llm = load(default_model, BUDGET, **({} if servers_arg is None else {"rpc_servers": servers_arg}))
+        try:
+            if toks is None:
+                toks = llm.tokenize(("The quick brown fox jumps over the lazy dog. " * 12).encode())
+                assert len(toks) > BUDGET
+            results.append(trace(llm, toks, steps=12))
+        finally:
+            llm.close()
+    (want, want_steps), (got, steps) = results
+    assert want_steps == steps == 12
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+# ---- the command line -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_server(tmp_path):
+    """A server of its own: the test process holds no connection to it (a server serves one client at a time)."""
+    s = Server(tmp_path)
+    yield s
+    s.stop()
+
+
+def _run(model: Path, *extra: str):
+    return run_cli("run", str(model), "-p", "The capital of France is", "-n", "8", "--temp", "0", "-c", "512",
+                   "-t", str(THREADS), *extra)
+
+
+def test_run_rpc_equals_local(cli_server, tiny_model):
+    local = _run(tiny_model, "--budget", "8")
+    remote = _run(tiny_model, "--budget", "8", "--rpc", cli_server.endpoint, "-sm", "layer", "-ts", "1")
+    assert local.returncode == 0 and remote.returncode == 0, (local.stderr, remote.stderr)
+    assert remote.stdout == local.stdout
+    assert "Adamas off" not in remote.stderr
+    sparse = re.search(r"adamas: (\d+) sparse decode steps", remote.stderr)
+    assert sparse and int(sparse.group(1)) > 0, remote.stderr
+
+
+def test_run_rpc_mismatch_one_note(tmp_path, tiny_model):
+    s = Server(tmp_path, wire="7")
+    try:
+        local = _run(tiny_model)
+        remote = _run(tiny_model, "--budget", "8", "--rpc", s.endpoint)
+    finally:
+        s.stop()
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == local.stdout
+    notes = [ln for ln in remote.stderr.splitlines() if "Adamas off" in ln]
+    assert len(notes) == 1 and "wire version 7" in notes[0], remote.stderr
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--rpc", "nohost"], 2, "--rpc: 'nohost' is not host:port"),
+    (["--rpc", "127.0.0.1:1,127.0.0.1:1"], 2, "is given twice"),
+    (["-ts", "1,x"], 2, "'x' is not a number"),
+    (["-ts", "0,0"], 2, "at least one proportion must be > 0"),
+    (["-sm", "rows"], 2, "invalid choice: 'rows'"),
+    (["-mg", "99"], 2, "-mg/--main-gpu: 99 is out of range"),
+])
+def test_run_bad_device_flags(tiny_model, args, code, words):
+    r = _run(tiny_model, *args)
+    assert r.returncode == code and words in r.stderr, (r.returncode, r.stderr)
+
+
+def test_run_rpc_nothing_listening(tiny_model):
+    port = free_port()
+    r = _run(tiny_model, "--rpc", f"127.0.0.1:{port}")
+    assert r.returncode == 1 and f"rpc-server 127.0.0.1:{port}: cannot connect" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
