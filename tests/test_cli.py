@@ -353,9 +353,12 @@ def test_unavailable_default_model(tmp_path):
 def _long_run(model: Path) -> subprocess.Popen:
     # greedy on a random model with a large context: thousands of tokens, several seconds (a 32K context, so
     # that a loaded machine cannot finish the run before the test reads its first bytes and signals it)
+    # SIGINT at its default in the child: a test run started in the background by a shell without job control
+    # inherits SIGINT ignored, which Python (rightly) keeps, and Ctrl-C would then never reach the run
     return subprocess.Popen([sys.executable, "-m", "adamas_gguf", "run", str(model), "-p", "hi", "-n", "-1",
                              "-c", "32768", "--temp", "0"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=cli_env())
+                            stderr=subprocess.PIPE, env=cli_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_stdout_closed_early(tiny_model):
