@@ -380,13 +380,6 @@ def adamas_params(args, parser: argparse.ArgumentParser, budget: Optional[int] =
 GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5
 _log_errors: collections.deque = collections.deque(maxlen=4)
 _log_state = {"callback": None, "error": False}
-_sigint = {"pending": False}
-
-
-def check_interrupt() -> None:
-    """Raise KeyboardInterrupt if a Ctrl-C came and was swallowed on its way (see on_sigint)."""
-    if _sigint["pending"]:
-        raise KeyboardInterrupt
 
 
 def install_log(verbose: bool) -> None:
@@ -412,9 +405,7 @@ def install_log(verbose: bool) -> None:
     def on_sigint(_signum, frame):
         # ctypes prints and drops an exception raised in a callback, so a Ctrl-C that lands in the log
         # callback (checked at its first instruction, before any try) would be lost: hand it on until
-        # Python code outside the callback runs. Other places drop it too (a __del__, a ctypes callback of
-        # llama-cpp-python's): the flag stays set, and check_interrupt() raises it again between tokens.
-        _sigint["pending"] = True
+        # Python code outside the callback runs.
         f = frame
         while f is not None:
             if f.f_code is log.__code__:

@@ -308,7 +308,6 @@ def _generate(llm, tokens: List[int], args, out: base.Out, stops: Sequence[str],
     # the whole prompt is in the KV cache now: generate() samples at once, without evaluating it again
     for token in llm.generate(tokens, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, temp=args.temp,
                               repeat_penalty=args.repeat_penalty):
-        base.check_interrupt()
         if llama_cpp.llama_vocab_is_eog(vocab, token):
             break
         turn.n_gen += 1
