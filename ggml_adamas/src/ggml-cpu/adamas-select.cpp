@@ -82,6 +82,39 @@ static inline uint64_t adamas_load(const uint8_t * p, int nbytes) {
 
 // Distances of positions [c0, c1) of one row: cells c0..c1-1, or with a list (cells) the cells it holds
 // there. PB: bytes per plane (D/8), W: 64-bit words per plane.
+// Words of one code of PB bytes per plane: the sign plane in s, the magnitude plane in m.
+template <int PB>
+static inline void adamas_load_code(const uint8_t * code, uint64_t (&s)[PB >= 8 ? PB/8 : 1], uint64_t (&m)[PB >= 8 ? PB/8 : 1]) {
+    constexpr int W  = PB >= 8 ? PB/8 : 1;
+    constexpr int WB = PB >= 8 ? 8 : PB;
+    for (int w = 0; w < W; ++w) {
+        s[w] = adamas_load(code + w*8,      WB);
+        m[w] = adamas_load(code + PB + w*8, WB);
+    }
+}
+
+// n query codes, qstride bytes apart, held as words for the distance loops
+template <int PB>
+static inline void adamas_load_qcodes(const uint8_t * qcode, size_t qstride, int64_t n,
+                                      uint64_t (&qs)[ADAMAS_GMAX][PB >= 8 ? PB/8 : 1], uint64_t (&qm)[ADAMAS_GMAX][PB >= 8 ? PB/8 : 1]) {
+    GGML_ASSERT(n <= ADAMAS_GMAX);
+    for (int64_t j = 0; j < n; ++j) {
+        adamas_load_code<PB>(qcode + j*qstride, qs[j], qm[j]);
+    }
+}
+
+// exact L1 between two codes (ggml-adamas.h): per word popc(S) + popc(mq ^ mk) + 2*popc(S & mq & mk)
+template <int PB>
+static inline uint32_t adamas_code_l1(const uint64_t (&qs)[PB >= 8 ? PB/8 : 1], const uint64_t (&qm)[PB >= 8 ? PB/8 : 1],
+                                      const uint64_t (&ks)[PB >= 8 ? PB/8 : 1], const uint64_t (&km)[PB >= 8 ? PB/8 : 1]) {
+    uint32_t d = 0;
+    for (int w = 0; w < (PB >= 8 ? PB/8 : 1); ++w) {
+        const uint64_t S = qs[w] ^ ks[w];
+        d += __builtin_popcountll(S) + __builtin_popcountll(qm[w] ^ km[w]) + 2*__builtin_popcountll(S & qm[w] & km[w]);
+    }
+    return d;
+}
+
 template <int PB>
 static void adamas_distances(
         const uint8_t * qcode, size_t qstride, int64_t g,     // g query codes, qstride bytes apart
@@ -90,16 +123,9 @@ static void adamas_distances(
         const int32_t * cells, int64_t n_kv,                  // the row's candidate list or NULL
         int64_t c0, int64_t c1, uint16_t * dist, bool accumulate) {
     constexpr int W  = PB >= 8 ? PB/8 : 1;
-    constexpr int WB = PB >= 8 ? 8 : PB;
 
     uint64_t qs[ADAMAS_GMAX][W], qm[ADAMAS_GMAX][W];
-    GGML_ASSERT(g <= ADAMAS_GMAX);
-    for (int64_t j = 0; j < g; ++j) {
-        for (int w = 0; w < W; ++w) {
-            qs[j][w] = adamas_load(qcode + j*qstride + w*8,      WB);
-            qm[j][w] = adamas_load(qcode + j*qstride + PB + w*8, WB);
-        }
-    }
+    adamas_load_qcodes<PB>(qcode, qstride, g, qs, qm);
 
     for (int64_t c = c0; c < c1; ++c) {
         int64_t cell = c;
@@ -133,17 +159,10 @@ static void adamas_distances(
         }
         const uint8_t * k = kcode + cell*kstride;
         uint64_t ks[W], km[W];
-        for (int w = 0; w < W; ++w) {
-            ks[w] = adamas_load(k + w*8,      WB);
-            km[w] = adamas_load(k + PB + w*8, WB);
-        }
+        adamas_load_code<PB>(k, ks, km);
         uint32_t d = 0;
         for (int64_t j = 0; j < g; ++j) {
-            for (int w = 0; w < W; ++w) {
-                const uint64_t S = qs[j][w] ^ ks[w];
-                d += __builtin_popcountll(S) + __builtin_popcountll(qm[j][w] ^ km[w])
-                   + 2*__builtin_popcountll(S & qm[j][w] & km[w]);
-            }
+            d += adamas_code_l1<PB>(qs[j], qm[j], ks, km);
         }
         dist[c] = (uint16_t) (accumulate ? dist[c] + d : d + 1);
     }
@@ -159,16 +178,9 @@ static void adamas_distances_heads(
         const int32_t * cells, int64_t n_kv,
         int64_t c0, int64_t c1, uint16_t * dist, int64_t dist_stride) {
     constexpr int W  = PB >= 8 ? PB/8 : 1;
-    constexpr int WB = PB >= 8 ? 8 : PB;
 
     uint64_t qs[ADAMAS_GMAX][W], qm[ADAMAS_GMAX][W];
-    GGML_ASSERT(u <= ADAMAS_GMAX);
-    for (int64_t j = 0; j < u; ++j) {
-        for (int w = 0; w < W; ++w) {
-            qs[j][w] = adamas_load(qcode + j*qstride + w*8,      WB);
-            qm[j][w] = adamas_load(qcode + j*qstride + PB + w*8, WB);
-        }
-    }
+    adamas_load_qcodes<PB>(qcode, qstride, u, qs, qm);
     const uint32_t ninf = mask_f16 ? 0xFC00u : 0xFF800000u;
     const uint32_t pinf = mask_f16 ? 0x7C00u : 0x7F800000u;
 
@@ -272,18 +284,9 @@ static void adamas_distances_heads(
         }
         const uint8_t * k = kcode + cell*kstride;
         uint64_t ks[W], km[W];
-        for (int w = 0; w < W; ++w) {
-            ks[w] = adamas_load(k + w*8,      WB);
-            km[w] = adamas_load(k + PB + w*8, WB);
-        }
+        adamas_load_code<PB>(k, ks, km);
         for (int64_t j = 0; j < u; ++j) {
-            uint32_t d = 0;
-            for (int w = 0; w < W; ++w) {
-                const uint64_t S = qs[j][w] ^ ks[w];
-                d += __builtin_popcountll(S) + __builtin_popcountll(qm[j][w] ^ km[w])
-                   + 2*__builtin_popcountll(S & qm[j][w] & km[w]);
-            }
-            dist[j*dist_stride + c] = (uint16_t) (d + 1);
+            dist[j*dist_stride + c] = (uint16_t) (adamas_code_l1<PB>(qs[j], qm[j], ks, km) + 1);
         }
     }
 }
