@@ -18,9 +18,10 @@
 //   little-endian 64-bit words (32-bit when D = 32) holds dimensions in order.
 // The 2-bit code of a coordinate y with threshold t > 0 is the paper's bucket
 //   y <= -t -> 0,  y <= 0 -> 1,  y <= t -> 2,  else 3      (s = code >= 2, m = code is 0 or 3)
-// and the exact L1 distance between two code vectors is three popcounts:
-//   S = s_q ^ s_k;  L1 = popc(S) + popc(m_q ^ m_k) + 2*popc(S & m_q & m_k)
-// (same sign: |dq - dk| = m_q ^ m_k; opposite signs: 1 + m_q + m_k).
+// and the exact L1 distance between two code vectors is two popcounts:
+//   S = s_q ^ s_k;  L1 = popc(S ^ m_q ^ m_k) + 2*popc(S & (m_q | m_k))
+// (same sign: |dq - dk| = m_q ^ m_k; opposite signs: 1 + m_q + m_k, whose low bit is 1 ^ m_q ^ m_k and high
+// bit m_q | m_k).
 //
 // A change to an op's parameters (op_params), sources or meaning must bump GGML_RPC_ADAMAS_WIRE_VERSION
 // (src/ggml-rpc/ggml-rpc-adamas.h): RPC servers run the graphs clients send them, and refuse the ops only

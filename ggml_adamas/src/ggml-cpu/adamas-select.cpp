@@ -2,7 +2,7 @@
 //
 // A selection row is one (query head or KV group, query, stream). Rows are processed in blocks:
 //   phase A: the threads share the (row, cell chunk) pieces of the block and write each visible cell's
-//            L1 distance (three popcounts per 64-bit word, summed over the row's query heads) plus one
+//            L1 distance (two popcounts per 64-bit word, summed over the row's query heads) plus one
 //            as uint16; masked cells (-INF) get ADAMAS_NONE and forced cells (+INF) 0;
 //   phase B: each row (one thread) histograms its distances (integers in [0, 3*D*g]), finds the
 //            threshold distance d* at which the count reaches the budget, and emits the cells in
@@ -103,14 +103,14 @@ static inline void adamas_load_qcodes(const uint8_t * qcode, size_t qstride, int
     }
 }
 
-// exact L1 between two codes (ggml-adamas.h): per word popc(S) + popc(mq ^ mk) + 2*popc(S & mq & mk)
+// exact L1 between two codes (ggml-adamas.h): per word popc(S ^ mq ^ mk) + 2*popc(S & (mq | mk))
 template <int PB>
 static inline uint32_t adamas_code_l1(const uint64_t (&qs)[PB >= 8 ? PB/8 : 1], const uint64_t (&qm)[PB >= 8 ? PB/8 : 1],
                                       const uint64_t (&ks)[PB >= 8 ? PB/8 : 1], const uint64_t (&km)[PB >= 8 ? PB/8 : 1]) {
     uint32_t d = 0;
     for (int w = 0; w < (PB >= 8 ? PB/8 : 1); ++w) {
         const uint64_t S = qs[w] ^ ks[w];
-        d += __builtin_popcountll(S) + __builtin_popcountll(qm[w] ^ km[w]) + 2*__builtin_popcountll(S & qm[w] & km[w]);
+        d += __builtin_popcountll(S ^ qm[w] ^ km[w]) + 2*__builtin_popcountll(S & (qm[w] | km[w]));
     }
     return d;
 }
@@ -186,7 +186,7 @@ static void adamas_distances_heads(
 
     int64_t c = c0;
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512VPOPCNTDQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-    // 8 positions at a time: their codes gathered, three vector popcounts per word and query head, the same integers
+    // 8 positions at a time: their codes gathered, two vector popcounts per word and query head, the same integers
     // as the scalar loop below
     if (PB >= 8) {
         __m512i vqs[ADAMAS_GMAX][W], vqm[ADAMAS_GMAX][W];
@@ -240,11 +240,12 @@ static void adamas_distances_heads(
             for (int64_t j = 0; j < u; ++j) {
                 __m512i d = one;
                 for (int w = 0; w < W; ++w) {
+                    // lo = S ^ mq ^ mk, hi = S & (mq | mk): one ternary-logic op each (truth tables 0x96, 0xE0)
                     const __m512i S  = _mm512_xor_si512(vqs[j][w], vks[w]);
-                    const __m512i M  = _mm512_xor_si512(vqm[j][w], vkm[w]);
-                    const __m512i B  = _mm512_and_si512(S, _mm512_and_si512(vqm[j][w], vkm[w]));
-                    d = _mm512_add_epi64(d, _mm512_add_epi64(_mm512_popcnt_epi64(S), _mm512_popcnt_epi64(M)));
-                    d = _mm512_add_epi64(d, _mm512_slli_epi64(_mm512_popcnt_epi64(B), 1));
+                    const __m512i lo = _mm512_ternarylogic_epi64(S, vqm[j][w], vkm[w], 0x96);
+                    const __m512i hi = _mm512_ternarylogic_epi64(S, vqm[j][w], vkm[w], 0xE0);
+                    d = _mm512_add_epi64(d, _mm512_popcnt_epi64(lo));
+                    d = _mm512_add_epi64(d, _mm512_slli_epi64(_mm512_popcnt_epi64(hi), 1));
                 }
                 d = _mm512_mask_blend_epi64(none, d, vnone);
                 d = _mm512_mask_blend_epi64(forced, d, vzero);
