@@ -663,11 +663,13 @@ int main(int argc, char ** argv) {
         const int n_kv = atoi(argv[2]), n_head_kv = atoi(argv[3]), budget = atoi(argv[4]);
         const bool group = std::string(argv[5]) == "group";
         sel_case sc = {128, n_head_kv, 32/n_head_kv, n_kv, 1, budget, group, 0, 0, true};
-        if (argc >= 9) { sc.hb = atoi(argv[6]); sc.rounds = atoi(argv[7]); sc.pipe = atoi(argv[8]); }
+        if (argc >= 9 && atoi(argv[6]) > 0) { sc.hb = atoi(argv[6]); sc.rounds = atoi(argv[7]); sc.pipe = atoi(argv[8]); }
         run_select(sc, rng, false);
-        run_attn({128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, false, 0.0f}, rng, false);
+        attn_case ac = {128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, false, 0.0f};
+        ac.n_keep = argc >= 10 ? atoi(argv[9]) : 0; // KEEP > 0: the rerank attention, the budget its pool
+        run_attn(ac, rng, false);
         return 0;
     }
-    fprintf(stderr, "usage: %s check [seed] | bench | sweep | ablate | rrablate | one N_KV N_HEAD_KV BUDGET group|head [HB ROUNDS PIPE]\n", argv[0]);
+    fprintf(stderr, "usage: %s check [seed] | bench | sweep | ablate | rrablate | one N_KV N_HEAD_KV BUDGET group|head [HB ROUNDS PIPE [KEEP]] (HB 0: the op's plan)\n", argv[0]);
     return 2;
 }
