@@ -183,6 +183,8 @@ static __device__ __forceinline__ void adamas_dist_count(bool group, const uint3
 template <int D, bool VEC, bool PIPE, int ABL = 0>
 static __global__ void __launch_bounds__(ADAMAS_SELECT_DIST_BLOCK, PIPE ? 2 : 3) // more blocks: more loads in flight
 adamas_select_dist_kernel(const adamas_select_args a) {
+    adamas_pdl_lc();
+    adamas_pdl_sync();
     constexpr int NW = D/16;
     constexpr int DU = adamas_select_du(D);
 
@@ -290,6 +292,15 @@ adamas_select_dist_kernel(const adamas_select_args a) {
     }
 }
 
+// zeroes n ints (the select's histograms): a kernel, not a memset node, so that it joins the launch chain above
+static __global__ void adamas_zero_kernel(int32_t * p, int64_t n) {
+    adamas_pdl_lc();
+    adamas_pdl_sync();
+    for (int64_t i = (int64_t) blockIdx.x*blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x*blockDim.x) {
+        p[i] = 0;
+    }
+}
+
 // Exclusive prefix sum over the block (blockDim.x a multiple of 32, at most 1024); *total gets the block's sum.
 static __device__ __forceinline__ int adamas_block_scan(int v, int * total, int * sh /* 33 ints */) {
     const int lane = threadIdx.x % WARP_SIZE;
@@ -331,6 +342,8 @@ static __device__ __forceinline__ int adamas_block_scan(int v, int * total, int 
 }
 
 static __global__ void adamas_select_emit_kernel(const adamas_select_args a, const int n_sort) {
+    adamas_pdl_lc();
+    adamas_pdl_sync();
     extern __shared__ unsigned long long keys[]; // n_sort (a power of two >= the number of candidates)
     __shared__ int sh[33];
     __shared__ int s_dstar, s_below;
@@ -519,10 +532,10 @@ template <int D, bool VEC>
 static void adamas_select_dist_launch_v(const adamas_select_args & a, const dim3 grid, size_t smem, cudaStream_t stream) {
     if (a.pipe) {
         adamas_set_smem(adamas_select_dist_kernel<D, VEC, true>, smem);
-        adamas_select_dist_kernel<D, VEC, true><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+        adamas_launch(adamas_select_dist_kernel<D, VEC, true>, grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream, a);
     } else {
         adamas_set_smem(adamas_select_dist_kernel<D, VEC, false>, smem);
-        adamas_select_dist_kernel<D, VEC, false><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+        adamas_launch(adamas_select_dist_kernel<D, VEC, false>, grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream, a);
     }
 }
 
@@ -559,7 +572,8 @@ static void adamas_select_run(const adamas_select_args & a, int D, bool vec, cud
     if (a.nrows == 0) {
         return;
     }
-    cudaMemsetAsync(a.hist, 0, a.nrows*a.nbins*sizeof(int32_t), stream);
+    const int64_t nh = a.nrows*a.nbins;
+    adamas_launch(adamas_zero_kernel, dim3((unsigned) std::min<int64_t>((nh + 255)/256, 1024)), dim3(256), 0, stream, a.hist, nh);
     if (a.n_kv > 0) {
         switch (D) {
             case 32:  adamas_select_dist_launch<32> (a, vec, stream); break;
@@ -572,7 +586,7 @@ static void adamas_select_run(const adamas_select_args & a, int D, bool vec, cud
     const int    n_sort = adamas_next_pow2((int) std::min<int64_t>(a.budget, a.n_kv > 0 ? a.n_kv : 1));
     const size_t smem   = (size_t) n_sort*sizeof(unsigned long long);
     adamas_set_smem(adamas_select_emit_kernel, smem);
-    adamas_select_emit_kernel<<<(unsigned) a.nrows, ADAMAS_SELECT_EMIT_BLOCK, smem, stream>>>(a, n_sort);
+    adamas_launch(adamas_select_emit_kernel, dim3((unsigned) a.nrows), dim3(ADAMAS_SELECT_EMIT_BLOCK), smem, stream, a, n_sort);
 }
 
 static void adamas_select_launch(adamas_select_args & a, int D, bool vec, cudaStream_t stream) {
