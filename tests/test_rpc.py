@@ -3,7 +3,8 @@
 Servers are `python -m adamas_gguf rpc-server` subprocesses on free ports of 127.0.0.1, stopped by their own
 process ids. A server's CPU backend runs the same kernels as the local one, so every step's logits must be
 bitwise the local ones: dense, and with Adamas (budget 64, the default selection, a prompt past the budget,
-sparse steps counted), through one server and with the layers split over two. A server that cannot run our ops
+sparse steps counted; a q8_0 cache, a context shift, two sequences after seq_cp), through one server and with
+the layers split over two. A server that cannot run our ops
 (GGML_RPC_ADAMAS_TEST_WIRE makes it announce another wire version, or none, as upstream's rpc-server) must turn
 Adamas off for its layers, with the reason, and decode exactly as local dense: never crash.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 import adamas_gguf
-from adamas_gguf import _build_info, rpc
+from adamas_gguf import _build_info, _lib, rpc
 from adamas_gguf.cli import base as cli_base
 
 from conftest import cli_env, run_cli
@@ -331,6 +332,134 @@ def test_default_model_equals_local(servers, default_model):
             llm.close()
     (want, want_steps), (got, steps) = results
     assert want_steps == steps == 12
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+# ---- the cache's other paths: q8_0, a context shift, seq_cp ------------------------------------------------
+
+
+def test_q8_0_cache_equals_local(servers, tiny_model):
+    # a quantized K/V: the codes are written from dequantized K, on the server's CPU as on the local one
+    q8 = dict(type_k=adamas_gguf.llama_cpp.GGML_TYPE_Q8_0, type_v=adamas_gguf.llama_cpp.GGML_TYPE_Q8_0)
+    out = []
+    for extra in ({}, {"rpc_servers": servers["a"].endpoint}):
+        llm = load(tiny_model, BUDGET, **q8, **extra)
+        try:
+            assert llm.adamas_unavailable_reason is None and llm.adamas_n_sparse_layers == 2
+            got, steps = trace(llm, prompt_tokens(PROMPT, llm.n_vocab()))
+            assert llm.adamas_verify_codes() == 0
+        finally:
+            llm.close()
+        out.append((got, steps))
+    (want, want_steps), (got, steps) = out
+    assert steps == want_steps == STEPS
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+class Ctx:
+    """A context of its own on llm's model, for what llama_cpp.Llama does not expose: several sequences
+    (n_seq_max 2, unified cache or one stream per sequence) and explicit positions."""
+
+    def __init__(self, llm, unified: bool):
+        lc = adamas_gguf.llama_cpp
+        cp = lc.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 2*N_CTX, N_CTX, N_CTX, 2
+        cp.kv_unified = unified
+        cp.n_threads = cp.n_threads_batch = THREADS
+        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self.lc, self.n_vocab = lc, llm.n_vocab()
+        self.ctx = lc.llama_init_from_model(llm.model, cp)
+        assert self.ctx, "llama_init_from_model failed"
+        assert _lib.llama_adamas_set(self.ctx, adamas_gguf.AdamasParams(budget=BUDGET).to_c()) == 0
+        self.mem = lc.llama_get_memory(self.ctx)
+
+    def decode(self, items: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        """Decodes (token, pos, seq) items as one batch; the logits of each."""
+        b = self.lc.llama_batch_init(len(items), 0, 1)
+        try:
+            for i, (tok, pos, seq) in enumerate(items):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, True
+                b.seq_id[i][0] = seq
+            b.n_tokens = len(items)
+            assert self.lc.llama_decode(self.ctx, b) == 0
+        finally:
+            self.lc.llama_batch_free(b)
+        return [np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,)).copy()
+                for i in range(len(items))]
+
+    def prompt(self, toks: list[int], seq: int = 0) -> np.ndarray:
+        return self.decode([(t, i, seq) for i, t in enumerate(toks)])[-1]
+
+    @property
+    def sparse_steps(self) -> int:
+        return _lib.llama_adamas_n_sparse_steps(self.ctx)
+
+    def verify_codes(self) -> int:
+        return _lib.llama_adamas_verify_codes(self.ctx)
+
+    def close(self) -> None:
+        self.lc.llama_free(self.ctx)
+
+
+def _with_ctx(model: Path, servers_arg, unified: bool, body):
+    llm = load(model, 0, **({} if servers_arg is None else {"rpc_servers": servers_arg}))
+    c = Ctx(llm, unified)
+    try:
+        return body(c)
+    finally:
+        c.close()
+        llm.close()
+
+
+def test_context_shift_equals_local(servers, tiny_model):
+    # drop positions [10, 30) and move the rest back by 20 (the K rope shift and the codes' re-encode both run
+    # on the server); 84 cells stay, past the budget, so the steps after the shift are sparse too
+    def body(c: Ctx):
+        toks = prompt_tokens(PROMPT, c.n_vocab)
+        rows = [c.prompt(toks)]
+        pos = PROMPT
+        for _ in range(4):
+            rows += c.decode([(int(np.argmax(rows[-1])), pos, 0)])
+            pos += 1
+        assert c.lc.llama_memory_seq_rm(c.mem, 0, 10, 30)
+        c.lc.llama_memory_seq_add(c.mem, 0, 30, pos, -20)
+        pos -= 20
+        for _ in range(8):
+            rows += c.decode([(int(np.argmax(rows[-1])), pos, 0)])
+            pos += 1
+        assert c.verify_codes() == 0  # the codes of the shifted keys
+        return np.stack(rows), c.sparse_steps
+
+    want, want_steps = _with_ctx(tiny_model, None, True, body)
+    got, steps = _with_ctx(tiny_model, servers["a"].endpoint, True, body)
+    assert steps == want_steps == 12
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+@pytest.mark.parametrize("unified", [False, True], ids=["streams", "unified"])
+def test_seq_cp_two_sequences_equal_local(servers, tiny_model, unified):
+    # sequence 1 copied from 0 (one stream each: K, V and the codes copied on the server; unified: shared cells),
+    # then both decoded together with their own tokens
+    def body(c: Ctx):
+        toks = prompt_tokens(PROMPT, c.n_vocab)
+        last = c.prompt(toks)
+        c.lc.llama_memory_seq_cp(c.mem, 0, 1, -1, -1)
+        t = int(np.argmax(last))
+        first = c.decode([(t, PROMPT, 0), (t, PROMPT, 1)])
+        # the copy is the same cache: the same token gives the same logits, bitwise
+        assert np.array_equal(first[0], first[1])
+        rows = [np.stack(first)]
+        for i in range(1, 8):
+            # sequence 1 goes its own way: its second-best token
+            nxt = [int(np.argmax(rows[-1][0])), int(np.argsort(rows[-1][1])[-2])]
+            rows.append(np.stack(c.decode([(nxt[0], PROMPT + i, 0), (nxt[1], PROMPT + i, 1)])))
+        assert c.verify_codes() == 0
+        return np.stack(rows), c.sparse_steps
+
+    want, want_steps = _with_ctx(tiny_model, None, unified, body)
+    got, steps = _with_ctx(tiny_model, servers["a"].endpoint, unified, body)
+    assert steps == want_steps and steps > 0
+    assert not np.array_equal(got[-1][0], got[-1][1])  # the sequences did part
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
 
 

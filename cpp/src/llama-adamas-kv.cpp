@@ -169,15 +169,21 @@ void llama_adamas_kv::log_size(const llama_kv_cache & kv) {
 
 void llama_adamas_kv::copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint32_t sdst) {
     kv.adamas.set_stale(sdst, kv.adamas.is_stale(ssrc));
-    std::vector<uint8_t> buf;
+    // one stream's codes as a view each side, copied by the buffer's backend (as upstream copies K and V
+    // streams): on a GPU or an rpc-server the bytes stay there instead of travelling through the host
+    ggml_init_params ip = { 2*ggml_tensor_overhead(), nullptr, /*no_alloc*/ true };
     for (const auto & layer : kv.layers) {
         if (!layer.c) {
             continue;
         }
-        const size_t n = layer.c->nb[2]; // one stream
-        buf.resize(n);
-        ggml_backend_tensor_get(layer.c, buf.data(), ssrc*n, n);
-        ggml_backend_tensor_set(layer.c, buf.data(), sdst*n, n);
+        ggml_context_ptr ctx(ggml_init(ip));
+        ggml_tensor * c = layer.c;
+        ggml_tensor * src = ggml_view_2d(ctx.get(), c, c->ne[0], c->ne[1], c->nb[1], ssrc*c->nb[2]);
+        ggml_tensor * dst = ggml_view_2d(ctx.get(), c, c->ne[0], c->ne[1], c->nb[1], sdst*c->nb[2]);
+        if (ggml_backend_view_init(src) != GGML_STATUS_SUCCESS || ggml_backend_view_init(dst) != GGML_STATUS_SUCCESS) {
+            GGML_ABORT("adamas: cannot view the key codes of layer %d", (int) layer.il);
+        }
+        ggml_backend_tensor_copy(src, dst);
     }
 }
 
