@@ -463,6 +463,57 @@ def test_seq_cp_two_sequences_equal_local(servers, tiny_model, unified):
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
 
 
+# ---- test-backend-ops through an rpc-server ------------------------------------------------------------------
+
+BACKEND_OPS = Path(_build_info.BUILD_DIR) / "tests" / "cpp" / "test-backend-ops"
+
+
+@pytest.fixture(scope="module")
+def ops_servers(tmp_path_factory):
+    """Servers no connection of this process holds (a server serves one client at a time): one of this build,
+    and one whose device refuses ADAMAS_SELECT."""
+    d = tmp_path_factory.mktemp("rpc-ops")
+    s = {"good": Server(d), "refuse": Server(d, refuse="ADAMAS_SELECT")}
+    yield s
+    for srv in s.values():
+        srv.stop()
+
+
+def backend_ops(server: Server, op: str) -> tuple[list[str], str]:
+    """test-backend-ops' cases of op on the server's device (RPC0), each compared with the local CPU: the lines
+    of the cases, and the summary ("N/M tests passed")."""
+    assert BACKEND_OPS.is_file(), f"{BACKEND_OPS}: build with -Ccmake.define.ADAMAS_BUILD_TESTS=ON (make test)"
+    r = subprocess.run([str(BACKEND_OPS), "test", "--rpc", server.endpoint, "-b", "RPC0", "-o", op],
+                       capture_output=True, text=True, timeout=300)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)
+    assert r.returncode == 0, out[-3000:] + r.stderr[-2000:]
+    cases = [ln.strip() for ln in out.splitlines() if ln.strip().startswith(op + "(")]
+    summary = re.search(r"(\d+)/(\d+) tests passed", out)
+    assert summary, out[-3000:]
+    return cases, summary.group(0)
+
+
+@pytest.mark.parametrize("op", ["ADAMAS_ENCODE", "ADAMAS_SELECT", "ADAMAS_ATTN"])
+def test_backend_ops_through_rpc(ops_servers, op):
+    # upstream's comparison tool (patch 0026 gives it --rpc): every Adamas case computed on the server's CPU, its
+    # parameters and inputs sent over the wire, must equal the local CPU's (indices exactly)
+    cases, summary = backend_ops(ops_servers["good"], op)
+    assert len(cases) > 50, cases
+    bad = [c for c in cases if not c.endswith(": OK")]
+    assert not bad, bad[:5]
+    assert summary == f"{len(cases)}/{len(cases)} tests passed"
+    assert ops_servers["good"].alive()
+
+
+def test_backend_ops_refused_op_not_run(ops_servers):
+    # the device's answer comes over the wire: refused there, the tool runs none of the op's cases
+    cases, summary = backend_ops(ops_servers["refuse"], "ADAMAS_SELECT")
+    assert cases and all(c.endswith("not supported [RPC0[%s]]" % ops_servers["refuse"].endpoint) for c in cases), cases[:3]
+    assert summary == "0/0 tests passed"
+    encode, _ = backend_ops(ops_servers["refuse"], "ADAMAS_ENCODE")
+    assert encode and all(c.endswith(": OK") for c in encode)
+
+
 # ---- the command line -----------------------------------------------------------------------------------------
 
 
