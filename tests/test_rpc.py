@@ -335,6 +335,41 @@ def test_default_model_equals_local(servers, default_model):
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
 
 
+SM_TENSOR_WORDS = "split mode tensor (-sm tensor): the Adamas ops have no rule to split over the devices"
+
+
+def test_split_mode_tensor_adamas_off(servers, tiny_model, local_traces):
+    # -sm tensor over two servers: the KV cache on upstream's meta device, which has no split rule for our ops
+    # (it aborted at the first code write). Adamas is off with the reason, and the decode is the dense
+    # tensor-parallel one, bitwise
+    sm = dict(rpc_servers=[servers["a"].endpoint, servers["b"].endpoint],
+              split_mode=adamas_gguf.llama_cpp.LLAMA_SPLIT_MODE_TENSOR)
+    _, _, toks = local_traces[0]
+    llm = load(tiny_model, 0, **sm)
+    try:
+        dense_tp, _ = trace(llm, toks)
+    finally:
+        llm.close()
+    llm = load(tiny_model, BUDGET, **sm)
+    try:
+        reason = llm.adamas_unavailable_reason
+        assert reason and SM_TENSOR_WORDS in reason, reason
+        assert llm.adamas_n_sparse_layers == 0 and llm.adamas_refused_layers == {}
+        assert all(SM_TENSOR_WORDS in r for r in llm.adamas_layer_reasons[2:]), llm.adamas_layer_reasons
+        got, steps = trace(llm, toks)
+        state = llm.save_state()
+        llm.load_state(state)
+        llm.eval([int(np.argmax(got[-1]))])
+        assert llm.adamas_verify_codes() == 0
+    finally:
+        llm.close()
+    assert steps == 0
+    assert np.array_equal(got, dense_tp), f"max |diff| {np.abs(got - dense_tp).max()}"
+    # and the dense tensor-parallel decode is the local one up to the order of its sums
+    dense = local_traces[0][0]
+    assert np.allclose(got, dense, rtol=0, atol=1e-3 * np.abs(dense).max()), np.abs(got - dense).max()
+
+
 # ---- the cache's other paths: q8_0, a context shift, seq_cp ------------------------------------------------
 
 
@@ -551,6 +586,22 @@ def test_run_rpc_mismatch_one_note(tmp_path, tiny_model):
     assert remote.stdout == local.stdout
     notes = [ln for ln in remote.stderr.splitlines() if "Adamas off" in ln]
     assert len(notes) == 1 and "wire version 7" in notes[0], remote.stderr
+
+
+def test_run_split_mode_tensor_one_note(tmp_path, tiny_model):
+    pair = [Server(tmp_path), Server(tmp_path)]
+    try:
+        flags = ("--rpc", ",".join(s.endpoint for s in pair), "-sm", "tensor")
+        dense = _run(tiny_model, *flags)
+        remote = _run(tiny_model, "--budget", "8", *flags)
+    finally:
+        for s in pair:
+            s.stop()
+    assert dense.returncode == 0 and remote.returncode == 0, (dense.stderr, remote.stderr)
+    assert remote.stdout == dense.stdout
+    notes = [ln for ln in remote.stderr.splitlines() if "Adamas off" in ln]
+    assert len(notes) == 1 and SM_TENSOR_WORDS in notes[0], remote.stderr
+    assert "adamas: 0 sparse decode steps" in remote.stderr
 
 
 @pytest.mark.parametrize("args, code, words", [
