@@ -604,6 +604,36 @@ def test_run_split_mode_tensor_one_note(tmp_path, tiny_model):
     assert "adamas: 0 sparse decode steps" in remote.stderr
 
 
+def test_serve_rpc(tmp_path, default_model):
+    # `serve --rpc` on the default model past the budget: the completion is the library's, called locally, and
+    # /extras/adamas reports the server's device and its layers sparse
+    from test_serve import LONG_PROMPT, SAME, N_CTX as SERVE_CTX, Server as Serve
+    srv = Server(tmp_path)
+    try:
+        serve = Serve("--budget", str(BUDGET), "--rpc", srv.endpoint, "-t", str(THREADS))
+        try:
+            st = serve.get("/extras/adamas")
+            r = serve.client().completions.create(model="x", prompt=LONG_PROMPT, max_tokens=8, temperature=0,
+                                                  extra_body=SAME)
+            after = serve.get("/extras/adamas")
+        finally:
+            err = serve.stop()
+    finally:
+        srv.stop()
+    assert "Traceback" not in err, err[-3000:]
+    assert len(st["rpc_devices"]) == 1 and st["rpc_devices"][0].startswith("RPC"), st
+    assert st["unavailable_reason"] is None and st["sparse_layers"] == 28, st  # SmolLM2: 30 layers, 2 dense
+    assert after["sparse_steps"] - st["sparse_steps"] >= 7, (st, after)  # the steps after the first token
+    text = r.choices[0].text
+    llm = adamas_gguf.Llama(str(default_model), n_ctx=SERVE_CTX, n_threads=THREADS, n_threads_batch=THREADS,
+                            budget=BUDGET, verbose=False)
+    try:
+        want = llm.create_completion(LONG_PROMPT, max_tokens=8, temperature=0, **SAME)["choices"][0]["text"]
+    finally:
+        llm.close()
+    assert text == want and text.strip(), (text, want)
+
+
 @pytest.mark.parametrize("args, code, words", [
     (["--rpc", "nohost"], 2, "--rpc: 'nohost' is not host:port"),
     (["--rpc", "127.0.0.1:1,127.0.0.1:1"], 2, "is given twice"),
