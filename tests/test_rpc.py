@@ -38,6 +38,12 @@ N_CTX = 512
 THREADS = 1  # the server and the client each: on 2 cores neither waits for a descheduled thread
 
 
+# upstream's rpc-server built from the pinned llama.cpp alone (no Adamas patches), in the build tree
+UPSTREAM_RPC_SERVER = getattr(_build_info, "UPSTREAM_RPC_SERVER", "")
+needs_upstream = pytest.mark.skipif(not UPSTREAM_RPC_SERVER, reason="no unpatched upstream rpc-server in this build "
+                                    "(-Ccmake.define.ADAMAS_BUILD_UPSTREAM_RPC=ON; `make test` builds it)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,7 +54,8 @@ class Server:
     """`python -m adamas_gguf rpc-server` on a free port; wire: GGML_RPC_ADAMAS_TEST_WIRE (None: the real one);
     refuse: GGML_RPC_ADAMAS_TEST_REFUSE (an op its device then says it cannot run)."""
 
-    def __init__(self, tmp_path: Path, wire: str | None = None, refuse: str | None = None, timeout: float = 60):
+    def __init__(self, tmp_path: Path, wire: str | None = None, refuse: str | None = None, timeout: float = 60,
+                 binary: str | None = None):
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.log = tmp_path / f"rpc-server-{self.port}.log"
@@ -58,8 +65,10 @@ class Server:
         if refuse is not None:
             env["GGML_RPC_ADAMAS_TEST_REFUSE"] = refuse
         with open(self.log, "wb") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "adamas_gguf", "rpc-server", "--port",
-                                          str(self.port), "-t", str(THREADS)],
+            # binary: an rpc-server executable (upstream's flags: 127.0.0.1 by default)
+            cmd = ([binary, "-p", str(self.port), "-t", str(THREADS)] if binary else
+                   [sys.executable, "-m", "adamas_gguf", "rpc-server", "--port", str(self.port), "-t", str(THREADS)])
+            self.proc = subprocess.Popen(cmd,
                                          stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         while True:  # listening: a connection is accepted (the server reads EOF from it and goes on)
@@ -89,10 +98,13 @@ class Server:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """Two servers of this build, one announcing another wire version, one like upstream's (no Adamas)."""
+    """Two servers of this build, one announcing another wire version, one acting as upstream's (no Adamas), one
+    refusing an op; and upstream's own, unpatched (ADAMAS_BUILD_UPSTREAM_RPC, `make test`), when built."""
     d = tmp_path_factory.mktemp("rpc")
     s = {"a": Server(d), "b": Server(d), "v2": Server(d, wire="2"), "none": Server(d, wire="none"),
          "refuse": Server(d, refuse="ADAMAS_SELECT")}
+    if UPSTREAM_RPC_SERVER:
+        s["upstream"] = Server(d, binary=UPSTREAM_RPC_SERVER)
     yield s
     for srv in s.values():
         srv.stop()
@@ -188,6 +200,12 @@ def test_handshake(servers):
     assert rpc.handshake(servers["none"].endpoint) == {"version": rpc.RPC_PROTO_VERSION, "adamas": False}
 
 
+@needs_upstream
+def test_handshake_upstream(servers):
+    assert Path(UPSTREAM_RPC_SERVER).is_file(), UPSTREAM_RPC_SERVER
+    assert rpc.handshake(servers["upstream"].endpoint) == {"version": rpc.RPC_PROTO_VERSION, "adamas": False}
+
+
 # ---- bad client input ------------------------------------------------------------------------------------
 
 
@@ -261,6 +279,8 @@ def test_two_servers_equal_local(servers, tiny_model, local_traces):
     ("none", "has no Adamas kernels"),
     # the same version, but its device refuses an op (as a GPU's kernels may): asked per op, over the wire
     ("refuse", "RPC0 cannot run ADAMAS_SELECT"),
+    # upstream's own rpc-server, unpatched: it would abort at the first Adamas node it got
+    pytest.param("upstream", "has no Adamas kernels", marks=needs_upstream),
 ])
 def test_server_without_our_adamas_decodes_dense(servers, tiny_model, local_traces, wire, words):
     dense, _, toks = local_traces[0]
@@ -543,10 +563,24 @@ def test_backend_ops_through_rpc(ops_servers, op):
 def test_backend_ops_refused_op_not_run(ops_servers):
     # the device's answer comes over the wire: refused there, the tool runs none of the op's cases
     cases, summary = backend_ops(ops_servers["refuse"], "ADAMAS_SELECT")
-    assert cases and all(c.endswith("not supported [RPC0[%s]]" % ops_servers["refuse"].endpoint) for c in cases), cases[:3]
+    assert cases and all(": not supported [RPC0[" in c for c in cases), cases[:3]
     assert summary == "0/0 tests passed"
     encode, _ = backend_ops(ops_servers["refuse"], "ADAMAS_ENCODE")
     assert encode and all(c.endswith(": OK") for c in encode)
+
+
+@needs_upstream
+def test_backend_ops_upstream_server_runs_none(tmp_path):
+    # upstream's server gets no Adamas node: its device is asked nothing, and every case is "not supported"
+    s = Server(tmp_path, binary=UPSTREAM_RPC_SERVER)
+    try:
+        cases, summary = backend_ops(s, "ADAMAS_ATTN")
+        assert s.alive()
+    finally:
+        s.stop()
+    # (a case of two Adamas nodes names the device twice)
+    assert cases and all(": not supported [RPC0[" in c for c in cases), cases[:3]
+    assert summary == "0/0 tests passed"
 
 
 # ---- the command line -----------------------------------------------------------------------------------------
@@ -586,6 +620,21 @@ def test_run_rpc_mismatch_one_note(tmp_path, tiny_model):
     assert remote.stdout == local.stdout
     notes = [ln for ln in remote.stderr.splitlines() if "Adamas off" in ln]
     assert len(notes) == 1 and "wire version 7" in notes[0], remote.stderr
+
+
+@needs_upstream
+def test_run_upstream_server_one_note(tmp_path, tiny_model):
+    s = Server(tmp_path, binary=UPSTREAM_RPC_SERVER)
+    try:
+        local = _run(tiny_model)
+        remote = _run(tiny_model, "--budget", "8", "--rpc", s.endpoint)
+    finally:
+        alive = s.alive()
+        s.stop()
+    assert remote.returncode == 0 and alive, remote.stderr
+    assert remote.stdout == local.stdout
+    notes = [ln for ln in remote.stderr.splitlines() if "Adamas off" in ln]
+    assert len(notes) == 1 and "has no Adamas kernels" in notes[0], remote.stderr
 
 
 def test_run_split_mode_tensor_one_note(tmp_path, tiny_model):
