@@ -44,9 +44,11 @@ rpc: deps
 run: install
 	$(PY) -m adamas_gguf run -p "$(PROMPT)" -n 32 --temp 0
 
-# with llama-server and rpc-server, which tests/test_server.py and tests/test_rpc.py start
+# with llama-server and rpc-server, which tests/test_server.py and tests/test_rpc.py start, and an unpatched
+# upstream rpc-server (the build tree only) that tests/test_rpc.py checks the client against
 test: deps
-	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_SERVER=ON -Ccmake.define.ADAMAS_BUILD_RPC=ON .
+	$(INSTALL) -Ccmake.define.ADAMAS_BUILD_SERVER=ON -Ccmake.define.ADAMAS_BUILD_RPC=ON \
+		-Ccmake.define.ADAMAS_BUILD_UPSTREAM_RPC=ON .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -334,6 +334,38 @@ def prepare(dest: Path) -> None:
     stamp.write_text(json.dumps(want))
 
 
+# what an rpc-server needs: ggml and tools/rpc
+PRISTINE_PARTS = ("ggml/", "tools/rpc/")
+
+
+def pristine(dest: Path) -> None:
+    """ggml and tools/rpc of upstream exactly as pinned, without our files or patches: an rpc-server built from
+    it is what a user of upstream's llama.cpp runs, the peer tests/test_rpc.py checks our client against."""
+    stamp = dest / STAMP
+    want = {"sdist": SDIST_FILE, "tree": TREE_DIGEST, "parts": list(PRISTINE_PARTS),
+            "override": os.environ.get("ADAMAS_UPSTREAM", "")}
+    if stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()) == want:
+                log(f"{dest} is up to date")
+                return
+        except ValueError:
+            pass
+    files, origin = load_upstream()
+    files = {rel: data for rel, data in files.items() if rel.startswith(PRISTINE_PARTS)}
+    staging = dest.parent / (dest.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write_tree(files, staging)
+        dest.mkdir(parents=True, exist_ok=True)
+        n = sync(staging, dest)
+        log(f"{dest}: pristine upstream ggml and tools/rpc from {origin}, {n} files updated")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    stamp.write_text(json.dumps(want))
+
+
 def pack(out: Path) -> None:
     """Write the trimmed, unpatched upstream tree as .tar.xz (for offline machines)."""
     saved = os.environ.pop("ADAMAS_UPSTREAM", None)
@@ -357,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="extract, overlay and patch upstream into DEST")
     p.add_argument("dest", type=Path)
+    p = sub.add_parser("pristine", help="extract upstream's ggml and tools/rpc, unpatched, into DEST")
+    p.add_argument("dest", type=Path)
     p = sub.add_parser("pack", help="write the trimmed upstream tree as OUT.tar.xz")
     p.add_argument("out", type=Path)
     sub.add_parser("digest", help="print the trimmed tree digest of the pinned sdist")
@@ -365,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "prepare":
             prepare(a.dest.resolve())
+        elif a.cmd == "pristine":
+            pristine(a.dest.resolve())
         elif a.cmd == "pack":
             pack(a.out.resolve())
         elif a.cmd == "digest":

@@ -89,6 +89,22 @@ def test_prepare_applies_patches_and_is_incremental(tmp_path, sdist):
     assert (dest / "src" / "llama.cpp").stat().st_mtime_ns == mtime
 
 
+def test_pristine_is_upstream_alone(tmp_path, sdist):
+    # the unpatched tree the tests' upstream rpc-server is built from: ggml and tools/rpc as pinned, nothing of ours
+    dest = tmp_path / "pristine"
+    env = dict(os.environ, ADAMAS_UPSTREAM=str(sdist))
+    r = subprocess.run([sys.executable, str(UPSTREAM_PY), "pristine", str(dest)], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == ["ggml", "tools"]
+    assert [p.name for p in (dest / "tools").iterdir()] == ["rpc"]
+    files = up.read_tar(sdist, up.VENDOR_PREFIX)
+    for rel in ("ggml/include/ggml.h", "ggml/src/ggml-rpc/ggml-rpc.cpp", "tools/rpc/rpc-server.cpp"):
+        assert (dest / rel).read_bytes() == files[rel], rel
+    assert "ADAMAS" not in (dest / "ggml/include/ggml.h").read_text()
+    assert [p.name for p in dest.rglob("*adamas*")] == [up.STAMP]
+
+
 def test_patch_that_does_not_apply_is_named(tmp_path, sdist):
     root = _fake_root(tmp_path)
     bad = root / "cpp" / "patches" / "0099-does-not-apply.patch"

@@ -3,7 +3,8 @@
 Servers are `python -m adamas_gguf rpc-server` subprocesses on free ports of 127.0.0.1, stopped by their own
 process ids. A server's CPU backend runs the same kernels as the local one, so every step's logits must be
 bitwise the local ones: dense, and with Adamas (budget 64, the default selection, a prompt past the budget,
-sparse steps counted), through one server and with the layers split over two. A server that cannot run our ops
+sparse steps counted; a q8_0 cache, a context shift, two sequences after seq_cp), through one server and with
+the layers split over two. A server that cannot run our ops
 (GGML_RPC_ADAMAS_TEST_WIRE makes it announce another wire version, or none, as upstream's rpc-server) must turn
 Adamas off for its layers, with the reason, and decode exactly as local dense: never crash.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 import adamas_gguf
-from adamas_gguf import _build_info, rpc
+from adamas_gguf import _build_info, _lib, rpc
 from adamas_gguf.cli import base as cli_base
 
 from conftest import cli_env, run_cli
@@ -37,6 +38,12 @@ N_CTX = 512
 THREADS = 1  # the server and the client each: on 2 cores neither waits for a descheduled thread
 
 
+# upstream's rpc-server built from the pinned llama.cpp alone (no Adamas patches), in the build tree
+UPSTREAM_RPC_SERVER = getattr(_build_info, "UPSTREAM_RPC_SERVER", "")
+needs_upstream = pytest.mark.skipif(not UPSTREAM_RPC_SERVER, reason="no unpatched upstream rpc-server in this build "
+                                    "(-Ccmake.define.ADAMAS_BUILD_UPSTREAM_RPC=ON; `make test` builds it)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,7 +54,8 @@ class Server:
     """`python -m adamas_gguf rpc-server` on a free port; wire: GGML_RPC_ADAMAS_TEST_WIRE (None: the real one);
     refuse: GGML_RPC_ADAMAS_TEST_REFUSE (an op its device then says it cannot run)."""
 
-    def __init__(self, tmp_path: Path, wire: str | None = None, refuse: str | None = None, timeout: float = 60):
+    def __init__(self, tmp_path: Path, wire: str | None = None, refuse: str | None = None, timeout: float = 60,
+                 binary: str | None = None):
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.log = tmp_path / f"rpc-server-{self.port}.log"
@@ -57,8 +65,10 @@ class Server:
         if refuse is not None:
             env["GGML_RPC_ADAMAS_TEST_REFUSE"] = refuse
         with open(self.log, "wb") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "adamas_gguf", "rpc-server", "--port",
-                                          str(self.port), "-t", str(THREADS)],
+            # binary: an rpc-server executable (upstream's flags: 127.0.0.1 by default)
+            cmd = ([binary, "-p", str(self.port), "-t", str(THREADS)] if binary else
+                   [sys.executable, "-m", "adamas_gguf", "rpc-server", "--port", str(self.port), "-t", str(THREADS)])
+            self.proc = subprocess.Popen(cmd,
                                          stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         while True:  # listening: a connection is accepted (the server reads EOF from it and goes on)
@@ -88,10 +98,13 @@ class Server:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """Two servers of this build, one announcing another wire version, one like upstream's (no Adamas)."""
+    """Two servers of this build, one announcing another wire version, one acting as upstream's (no Adamas), one
+    refusing an op; and upstream's own, unpatched (ADAMAS_BUILD_UPSTREAM_RPC, `make test`), when built."""
     d = tmp_path_factory.mktemp("rpc")
     s = {"a": Server(d), "b": Server(d), "v2": Server(d, wire="2"), "none": Server(d, wire="none"),
          "refuse": Server(d, refuse="ADAMAS_SELECT")}
+    if UPSTREAM_RPC_SERVER:
+        s["upstream"] = Server(d, binary=UPSTREAM_RPC_SERVER)
     yield s
     for srv in s.values():
         srv.stop()
@@ -187,6 +200,12 @@ def test_handshake(servers):
     assert rpc.handshake(servers["none"].endpoint) == {"version": rpc.RPC_PROTO_VERSION, "adamas": False}
 
 
+@needs_upstream
+def test_handshake_upstream(servers):
+    assert Path(UPSTREAM_RPC_SERVER).is_file(), UPSTREAM_RPC_SERVER
+    assert rpc.handshake(servers["upstream"].endpoint) == {"version": rpc.RPC_PROTO_VERSION, "adamas": False}
+
+
 # ---- bad client input ------------------------------------------------------------------------------------
 
 
@@ -260,6 +279,8 @@ def test_two_servers_equal_local(servers, tiny_model, local_traces):
     ("none", "has no Adamas kernels"),
     # the same version, but its device refuses an op (as a GPU's kernels may): asked per op, over the wire
     ("refuse", "RPC0 cannot run ADAMAS_SELECT"),
+    # upstream's own rpc-server, unpatched: it would abort at the first Adamas node it got
+    pytest.param("upstream", "has no Adamas kernels", marks=needs_upstream),
 ])
 def test_server_without_our_adamas_decodes_dense(servers, tiny_model, local_traces, wire, words):
     dense, _, toks = local_traces[0]
@@ -334,6 +355,234 @@ def test_default_model_equals_local(servers, default_model):
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
 
 
+SM_TENSOR_WORDS = "split mode tensor (-sm tensor): the Adamas ops have no rule to split over the devices"
+
+
+def test_split_mode_tensor_adamas_off(servers, tiny_model, local_traces):
+    # -sm tensor over two servers: the KV cache on upstream's meta device, which has no split rule for our ops
+    # (it aborted at the first code write). Adamas is off with the reason, and the decode is the dense
+    # tensor-parallel one, bitwise
+    sm = dict(rpc_servers=[servers["a"].endpoint, servers["b"].endpoint],
+              split_mode=adamas_gguf.llama_cpp.LLAMA_SPLIT_MODE_TENSOR)
+    _, _, toks = local_traces[0]
+    llm = load(tiny_model, 0, **sm)
+    try:
+        dense_tp, _ = trace(llm, toks)
+    finally:
+        llm.close()
+    llm = load(tiny_model, BUDGET, **sm)
+    try:
+        reason = llm.adamas_unavailable_reason
+        assert reason and SM_TENSOR_WORDS in reason, reason
+        assert llm.adamas_n_sparse_layers == 0 and llm.adamas_refused_layers == {}
+        assert all(SM_TENSOR_WORDS in r for r in llm.adamas_layer_reasons[2:]), llm.adamas_layer_reasons
+        got, steps = trace(llm, toks)
+        state = llm.save_state()
+        llm.load_state(state)
+        llm.eval([int(np.argmax(got[-1]))])
+        assert llm.adamas_verify_codes() == 0
+    finally:
+        llm.close()
+    assert steps == 0
+    assert np.array_equal(got, dense_tp), f"max |diff| {np.abs(got - dense_tp).max()}"
+    # and the dense tensor-parallel decode is the local one up to the order of its sums
+    dense = local_traces[0][0]
+    assert np.allclose(got, dense, rtol=0, atol=1e-3 * np.abs(dense).max()), np.abs(got - dense).max()
+
+
+# ---- the cache's other paths: q8_0, a context shift, seq_cp ------------------------------------------------
+
+
+def test_q8_0_cache_equals_local(servers, tiny_model):
+    # a quantized K/V: the codes are written from dequantized K, on the server's CPU as on the local one
+    q8 = dict(type_k=adamas_gguf.llama_cpp.GGML_TYPE_Q8_0, type_v=adamas_gguf.llama_cpp.GGML_TYPE_Q8_0)
+    out = []
+    for extra in ({}, {"rpc_servers": servers["a"].endpoint}):
+        llm = load(tiny_model, BUDGET, **q8, **extra)
+        try:
+            assert llm.adamas_unavailable_reason is None and llm.adamas_n_sparse_layers == 2
+            got, steps = trace(llm, prompt_tokens(PROMPT, llm.n_vocab()))
+            assert llm.adamas_verify_codes() == 0
+        finally:
+            llm.close()
+        out.append((got, steps))
+    (want, want_steps), (got, steps) = out
+    assert steps == want_steps == STEPS
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+class Ctx:
+    """A context of its own on llm's model, for what llama_cpp.Llama does not expose: several sequences
+    (n_seq_max 2, unified cache or one stream per sequence) and explicit positions."""
+
+    def __init__(self, llm, unified: bool):
+        lc = adamas_gguf.llama_cpp
+        cp = lc.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 2*N_CTX, N_CTX, N_CTX, 2
+        cp.kv_unified = unified
+        cp.n_threads = cp.n_threads_batch = THREADS
+        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self.lc, self.n_vocab = lc, llm.n_vocab()
+        self.ctx = lc.llama_init_from_model(llm.model, cp)
+        assert self.ctx, "llama_init_from_model failed"
+        assert _lib.llama_adamas_set(self.ctx, adamas_gguf.AdamasParams(budget=BUDGET).to_c()) == 0
+        self.mem = lc.llama_get_memory(self.ctx)
+
+    def decode(self, items: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        """Decodes (token, pos, seq) items as one batch; the logits of each."""
+        b = self.lc.llama_batch_init(len(items), 0, 1)
+        try:
+            for i, (tok, pos, seq) in enumerate(items):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, True
+                b.seq_id[i][0] = seq
+            b.n_tokens = len(items)
+            assert self.lc.llama_decode(self.ctx, b) == 0
+        finally:
+            self.lc.llama_batch_free(b)
+        return [np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,)).copy()
+                for i in range(len(items))]
+
+    def prompt(self, toks: list[int], seq: int = 0) -> np.ndarray:
+        return self.decode([(t, i, seq) for i, t in enumerate(toks)])[-1]
+
+    @property
+    def sparse_steps(self) -> int:
+        return _lib.llama_adamas_n_sparse_steps(self.ctx)
+
+    def verify_codes(self) -> int:
+        return _lib.llama_adamas_verify_codes(self.ctx)
+
+    def close(self) -> None:
+        self.lc.llama_free(self.ctx)
+
+
+def _with_ctx(model: Path, servers_arg, unified: bool, body):
+    llm = load(model, 0, **({} if servers_arg is None else {"rpc_servers": servers_arg}))
+    c = Ctx(llm, unified)
+    try:
+        return body(c)
+    finally:
+        c.close()
+        llm.close()
+
+
+def test_context_shift_equals_local(servers, tiny_model):
+    # drop positions [10, 30) and move the rest back by 20 (the K rope shift and the codes' re-encode both run
+    # on the server); 84 cells stay, past the budget, so the steps after the shift are sparse too
+    def body(c: Ctx):
+        toks = prompt_tokens(PROMPT, c.n_vocab)
+        rows = [c.prompt(toks)]
+        pos = PROMPT
+        for _ in range(4):
+            rows += c.decode([(int(np.argmax(rows[-1])), pos, 0)])
+            pos += 1
+        assert c.lc.llama_memory_seq_rm(c.mem, 0, 10, 30)
+        c.lc.llama_memory_seq_add(c.mem, 0, 30, pos, -20)
+        pos -= 20
+        for _ in range(8):
+            rows += c.decode([(int(np.argmax(rows[-1])), pos, 0)])
+            pos += 1
+        assert c.verify_codes() == 0  # the codes of the shifted keys
+        return np.stack(rows), c.sparse_steps
+
+    want, want_steps = _with_ctx(tiny_model, None, True, body)
+    got, steps = _with_ctx(tiny_model, servers["a"].endpoint, True, body)
+    assert steps == want_steps == 12
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+@pytest.mark.parametrize("unified", [False, True], ids=["streams", "unified"])
+def test_seq_cp_two_sequences_equal_local(servers, tiny_model, unified):
+    # sequence 1 copied from 0 (one stream each: K, V and the codes copied on the server; unified: shared cells),
+    # then both decoded together with their own tokens
+    def body(c: Ctx):
+        toks = prompt_tokens(PROMPT, c.n_vocab)
+        last = c.prompt(toks)
+        c.lc.llama_memory_seq_cp(c.mem, 0, 1, -1, -1)
+        t = int(np.argmax(last))
+        first = c.decode([(t, PROMPT, 0), (t, PROMPT, 1)])
+        # the copy is the same cache: the same token gives the same logits, bitwise
+        assert np.array_equal(first[0], first[1])
+        rows = [np.stack(first)]
+        for i in range(1, 8):
+            # sequence 1 goes its own way: its second-best token
+            nxt = [int(np.argmax(rows[-1][0])), int(np.argsort(rows[-1][1])[-2])]
+            rows.append(np.stack(c.decode([(nxt[0], PROMPT + i, 0), (nxt[1], PROMPT + i, 1)])))
+        assert c.verify_codes() == 0
+        return np.stack(rows), c.sparse_steps
+
+    want, want_steps = _with_ctx(tiny_model, None, unified, body)
+    got, steps = _with_ctx(tiny_model, servers["a"].endpoint, unified, body)
+    assert steps == want_steps and steps > 0
+    assert not np.array_equal(got[-1][0], got[-1][1])  # the sequences did part
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+# ---- test-backend-ops through an rpc-server ------------------------------------------------------------------
+
+BACKEND_OPS = Path(_build_info.BUILD_DIR) / "tests" / "cpp" / "test-backend-ops"
+
+
+@pytest.fixture(scope="module")
+def ops_servers(tmp_path_factory):
+    """Servers no connection of this process holds (a server serves one client at a time): one of this build,
+    and one whose device refuses ADAMAS_SELECT."""
+    d = tmp_path_factory.mktemp("rpc-ops")
+    s = {"good": Server(d), "refuse": Server(d, refuse="ADAMAS_SELECT")}
+    yield s
+    for srv in s.values():
+        srv.stop()
+
+
+def backend_ops(server: Server, op: str) -> tuple[list[str], str]:
+    """test-backend-ops' cases of op on the server's device (RPC0), each compared with the local CPU: the lines
+    of the cases, and the summary ("N/M tests passed")."""
+    assert BACKEND_OPS.is_file(), f"{BACKEND_OPS}: build with -Ccmake.define.ADAMAS_BUILD_TESTS=ON (make test)"
+    r = subprocess.run([str(BACKEND_OPS), "test", "--rpc", server.endpoint, "-b", "RPC0", "-o", op],
+                       capture_output=True, text=True, timeout=300)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)
+    assert r.returncode == 0, out[-3000:] + r.stderr[-2000:]
+    cases = [ln.strip() for ln in out.splitlines() if ln.strip().startswith(op + "(")]
+    summary = re.search(r"(\d+)/(\d+) tests passed", out)
+    assert summary, out[-3000:]
+    return cases, summary.group(0)
+
+
+@pytest.mark.parametrize("op", ["ADAMAS_ENCODE", "ADAMAS_SELECT", "ADAMAS_ATTN"])
+def test_backend_ops_through_rpc(ops_servers, op):
+    # upstream's comparison tool (patch 0026 gives it --rpc): every Adamas case computed on the server's CPU, its
+    # parameters and inputs sent over the wire, must equal the local CPU's (indices exactly)
+    cases, summary = backend_ops(ops_servers["good"], op)
+    assert len(cases) > 50, cases
+    bad = [c for c in cases if not c.endswith(": OK")]
+    assert not bad, bad[:5]
+    assert summary == f"{len(cases)}/{len(cases)} tests passed"
+    assert ops_servers["good"].alive()
+
+
+def test_backend_ops_refused_op_not_run(ops_servers):
+    # the device's answer comes over the wire: refused there, the tool runs none of the op's cases
+    cases, summary = backend_ops(ops_servers["refuse"], "ADAMAS_SELECT")
+    assert cases and all(": not supported [RPC0[" in c for c in cases), cases[:3]
+    assert summary == "0/0 tests passed"
+    encode, _ = backend_ops(ops_servers["refuse"], "ADAMAS_ENCODE")
+    assert encode and all(c.endswith(": OK") for c in encode)
+
+
+@needs_upstream
+def test_backend_ops_upstream_server_runs_none(tmp_path):
+    # upstream's server gets no Adamas node: its device is asked nothing, and every case is "not supported"
+    s = Server(tmp_path, binary=UPSTREAM_RPC_SERVER)
+    try:
+        cases, summary = backend_ops(s, "ADAMAS_ATTN")
+        assert s.alive()
+    finally:
+        s.stop()
+    # (a case of two Adamas nodes names the device twice)
+    assert cases and all(": not supported [RPC0[" in c for c in cases), cases[:3]
+    assert summary == "0/0 tests passed"
+
+
 # ---- the command line -----------------------------------------------------------------------------------------
 
 
@@ -371,6 +620,67 @@ def test_run_rpc_mismatch_one_note(tmp_path, tiny_model):
     assert remote.stdout == local.stdout
     notes = [ln for ln in remote.stderr.splitlines() if "Adamas off" in ln]
     assert len(notes) == 1 and "wire version 7" in notes[0], remote.stderr
+
+
+@needs_upstream
+def test_run_upstream_server_one_note(tmp_path, tiny_model):
+    s = Server(tmp_path, binary=UPSTREAM_RPC_SERVER)
+    try:
+        local = _run(tiny_model)
+        remote = _run(tiny_model, "--budget", "8", "--rpc", s.endpoint)
+    finally:
+        alive = s.alive()
+        s.stop()
+    assert remote.returncode == 0 and alive, remote.stderr
+    assert remote.stdout == local.stdout
+    notes = [ln for ln in remote.stderr.splitlines() if "Adamas off" in ln]
+    assert len(notes) == 1 and "has no Adamas kernels" in notes[0], remote.stderr
+
+
+def test_run_split_mode_tensor_one_note(tmp_path, tiny_model):
+    pair = [Server(tmp_path), Server(tmp_path)]
+    try:
+        flags = ("--rpc", ",".join(s.endpoint for s in pair), "-sm", "tensor")
+        dense = _run(tiny_model, *flags)
+        remote = _run(tiny_model, "--budget", "8", *flags)
+    finally:
+        for s in pair:
+            s.stop()
+    assert dense.returncode == 0 and remote.returncode == 0, (dense.stderr, remote.stderr)
+    assert remote.stdout == dense.stdout
+    notes = [ln for ln in remote.stderr.splitlines() if "Adamas off" in ln]
+    assert len(notes) == 1 and SM_TENSOR_WORDS in notes[0], remote.stderr
+    assert "adamas: 0 sparse decode steps" in remote.stderr
+
+
+def test_serve_rpc(tmp_path, default_model):
+    # `serve --rpc` on the default model past the budget: the completion is the library's, called locally, and
+    # /extras/adamas reports the server's device and its layers sparse
+    from test_serve import LONG_PROMPT, SAME, N_CTX as SERVE_CTX, Server as Serve
+    srv = Server(tmp_path)
+    try:
+        serve = Serve("--budget", str(BUDGET), "--rpc", srv.endpoint, "-t", str(THREADS))
+        try:
+            st = serve.get("/extras/adamas")
+            r = serve.client().completions.create(model="x", prompt=LONG_PROMPT, max_tokens=8, temperature=0,
+                                                  extra_body=SAME)
+            after = serve.get("/extras/adamas")
+        finally:
+            err = serve.stop()
+    finally:
+        srv.stop()
+    assert "Traceback" not in err, err[-3000:]
+    assert len(st["rpc_devices"]) == 1 and st["rpc_devices"][0].startswith("RPC"), st
+    assert st["unavailable_reason"] is None and st["sparse_layers"] == 28, st  # SmolLM2: 30 layers, 2 dense
+    assert after["sparse_steps"] - st["sparse_steps"] >= 7, (st, after)  # the steps after the first token
+    text = r.choices[0].text
+    llm = adamas_gguf.Llama(str(default_model), n_ctx=SERVE_CTX, n_threads=THREADS, n_threads_batch=THREADS,
+                            budget=BUDGET, verbose=False)
+    try:
+        want = llm.create_completion(LONG_PROMPT, max_tokens=8, temperature=0, **SAME)["choices"][0]["text"]
+    finally:
+        llm.close()
+    assert text == want and text.strip(), (text, want)
 
 
 @pytest.mark.parametrize("args, code, words", [

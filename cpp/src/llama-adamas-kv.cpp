@@ -127,10 +127,17 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
 }
 
 // Why Adamas cannot use layer il's cache (codes c, K, V) in a context with these parameters (NULL: it can).
-static const char * adamas_cache_reason(const llama_cparams & cp, const llama_hparams & hp, uint32_t il,
-                                        const ggml_tensor * c, const ggml_tensor * k, const ggml_tensor * v) {
+static const char * adamas_cache_reason(const llama_model & model, const llama_cparams & cp, const llama_hparams & hp,
+                                        uint32_t il, const ggml_tensor * c, const ggml_tensor * k, const ggml_tensor * v) {
     if (!cp.flash_attn) {
         return "flash attention is off (Adamas reads V untransposed)";
+    }
+    // -sm tensor puts the cache on a meta device (ggml-backend-meta.cpp) that splits each graph node over its
+    // devices by a rule per op; it has none for ours and aborts on them, though its supports_op says yes (it asks
+    // the devices under it), so the probe below would not catch it
+    if (model.split_mode() == LLAMA_SPLIT_MODE_TENSOR && c->buffer && !ggml_backend_buffer_is_host(c->buffer)) {
+        return "split mode tensor (-sm tensor): the Adamas ops have no rule to split over the devices of a "
+               "tensor-parallel KV cache; use -sm layer";
     }
     return adamas_device_reason(cp.adamas, hp, il, c, k, v);
 }
@@ -139,7 +146,7 @@ static const char * adamas_cache_reason(const llama_cparams & cp, const llama_hp
 // rebuilds or checks those: an encode put to such a device would stop the scheduler (a cache tensor lives there).
 static bool adamas_layer_coded(const llama_context * lctx, const llama_hparams & hp, uint32_t il,
                                const ggml_tensor * c, const ggml_tensor * k, const ggml_tensor * v) {
-    return c && adamas_cache_reason(lctx->get_cparams(), hp, il, c, k, v) == nullptr;
+    return c && adamas_cache_reason(lctx->get_model(), lctx->get_cparams(), hp, il, c, k, v) == nullptr;
 }
 
 ggml_tensor * llama_adamas_kv::new_codes(ggml_context * ctx, const llama_hparams & hp, uint32_t il, uint32_t kv_size, uint32_t n_stream) {
@@ -169,15 +176,25 @@ void llama_adamas_kv::log_size(const llama_kv_cache & kv) {
 
 void llama_adamas_kv::copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint32_t sdst) {
     kv.adamas.set_stale(sdst, kv.adamas.is_stale(ssrc));
-    std::vector<uint8_t> buf;
+    if (kv.model.split_mode() == LLAMA_SPLIT_MODE_TENSOR) {
+        kv.adamas.set_stale(sdst, true); // never read there (adamas_cache_reason); nor viewed in a meta buffer
+        return;
+    }
+    // one stream's codes as a view each side, copied by the buffer's backend (as upstream copies K and V
+    // streams): on a GPU or an rpc-server the bytes stay there instead of travelling through the host
+    ggml_init_params ip = { 2*ggml_tensor_overhead(), nullptr, /*no_alloc*/ true };
     for (const auto & layer : kv.layers) {
         if (!layer.c) {
             continue;
         }
-        const size_t n = layer.c->nb[2]; // one stream
-        buf.resize(n);
-        ggml_backend_tensor_get(layer.c, buf.data(), ssrc*n, n);
-        ggml_backend_tensor_set(layer.c, buf.data(), sdst*n, n);
+        ggml_context_ptr ctx(ggml_init(ip));
+        ggml_tensor * c = layer.c;
+        ggml_tensor * src = ggml_view_2d(ctx.get(), c, c->ne[0], c->ne[1], c->nb[1], ssrc*c->nb[2]);
+        ggml_tensor * dst = ggml_view_2d(ctx.get(), c, c->ne[0], c->ne[1], c->nb[1], sdst*c->nb[2]);
+        if (ggml_backend_view_init(src) != GGML_STATUS_SUCCESS || ggml_backend_view_init(dst) != GGML_STATUS_SUCCESS) {
+            GGML_ABORT("adamas: cannot view the key codes of layer %d", (int) layer.il);
+        }
+        ggml_backend_tensor_copy(src, dst);
     }
 }
 
@@ -398,7 +415,7 @@ const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
     static thread_local std::string msg;
     msg.clear();
     for (const auto & layer : kv->layers) {
-        const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), kv->hparams, layer.il, layer.c, layer.k, layer.v)
+        const char * why = layer.c ? adamas_cache_reason(lctx->get_model(), lctx->get_cparams(), kv->hparams, layer.il, layer.c, layer.k, layer.v)
                                    : adamas_layer_reason(kv->hparams, layer.il);
         if (!why && (int32_t) layer.il >= n_dense) {
             return nullptr;
@@ -454,7 +471,7 @@ const char * llama_adamas_kv::layer_reason(const llama_context * lctx, int32_t i
     }
     // the layer's own device (some layers of the model run sparse elsewhere)
     const auto & layer = kv->layers[kv->map_layer_ids.at(il)];
-    if (const char * why = layer.c ? adamas_cache_reason(lctx->get_cparams(), hp, il, layer.c, layer.k, layer.v) : nullptr) {
+    if (const char * why = layer.c ? adamas_cache_reason(lctx->get_model(), lctx->get_cparams(), hp, il, layer.c, layer.k, layer.v) : nullptr) {
         msg = why;
         return msg.c_str();
     }
@@ -803,7 +820,7 @@ ggml_tensor * llama_adamas_kv::build_attn(
     } else if (v->nb[1] > v->nb[2]) {
         reason = "transposed V cache";
     } else {
-        reason = adamas_cache_reason(g.cparams, g.hparams, il, c, kv->layers[ikv->second].k, kv->layers[ikv->second].v);
+        reason = adamas_cache_reason(kv->model, g.cparams, g.hparams, il, c, kv->layers[ikv->second].k, kv->layers[ikv->second].v);
         model_wide = false;
     }
     if (reason) {

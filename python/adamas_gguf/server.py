@@ -10,7 +10,8 @@ What differs from upstream's server: the model settings add the Adamas fields (t
 turn flash attention on (the sparse decode path needs it); settings come only from what the caller passes,
 never from environment variables; requests are not interrupted by later ones (upstream's default cuts a
 streaming answer short when another request arrives); and one more route, GET /extras/adamas, reports the
-context size, the Adamas parameters, the sparse layers and the sparse decode steps run so far.
+context size, the Adamas parameters, the sparse layers, the sparse decode steps run so far and the rpc-servers'
+devices (serve --rpc).
 """
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ class AdamasStatus(BaseModel):
     sparse_layers: int
     sparse_steps: int
     unavailable_reason: Optional[str]
+    rpc_devices: List[str]  # the rpc-servers' devices the layers are on (serve --rpc), [] without
 
 
 def _adamas_router() -> APIRouter:
@@ -147,7 +149,7 @@ def _adamas_router() -> APIRouter:
         return AdamasStatus(model=next(iter(llama_proxy)),  # the first alias: the default model
                             n_ctx=llm.n_ctx(), params={k: getattr(p, k) for k in ADAMAS_KEYWORDS},
                             sparse_layers=llm.adamas_n_sparse_layers, sparse_steps=llm.adamas_sparse_steps,
-                            unavailable_reason=llm.adamas_unavailable_reason)
+                            unavailable_reason=llm.adamas_unavailable_reason, rpc_devices=llm.rpc_devices)
 
     return router
 
