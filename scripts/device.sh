@@ -176,8 +176,7 @@ PYEOF
     echo "rpc-server on $DEV at $EP (pid $SRV)"
     [ "$LOCAL" = cpu ] || nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     rc=0
-    $PY scripts/rpc_device_check.py check --server $EP --device $LOCAL ${CHECK_ARGS:-} 2>&1 | tee "$LOG/rpc-check.md"
-    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+    $PY scripts/rpc_device_check.py check --server $EP --device $LOCAL ${CHECK_ARGS:-} 2>&1 | tee "$LOG/rpc-check.md" || rc=1
     M=${RPC_MODEL:-/tmp/r7b.gguf}
     [ -f $M ] || $PY models/random_llama.py $M --shape 7b-mha
     $PY scripts/rpc_device_check.py bench --server $EP --bench $BUILD/tests/cpp/bench-adamas-decode --model $M \
