@@ -8,7 +8,7 @@
 #                               references, compute-sanitizer (memcheck, racecheck), kernel times, the distance
 #                               kernel's ablation (SWEEP=1: also the sweep its plan comes from)
 #   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90; SERVER=1:
-#                               with llama-server, for `load`)
+#                               with llama-server, for `load`; RPC=1: with ggml-rpc and rpc-server, for `rpc`)
 #   scripts/device.sh test      there: CTest (CPU and CUDA decode tests, test-backend-ops on every Adamas case)
 #   scripts/device.sh perf      there: test-backend-ops perf of the Adamas ops and of upstream flash attention
 #   scripts/device.sh passkey   there: SmolLM2 passkey answers on CPU and GPU (model: $ADAMAS_MODEL, or the
@@ -21,6 +21,12 @@
 #                               dense vs budgets; CASE picks one case (see below), each fits one call
 #   scripts/device.sh load      there: scripts/load_test.py, llama-server with 8 slots, 8 clients, dense vs 64
 #                               (needs `SERVER=1 scripts/device.sh build`); LOAD_MODEL 7b (q8_0 cache) or 8b
+#   scripts/device.sh rpc       there (needs `RPC=1 scripts/device.sh build`): an rpc-server on CUDA0 on 127.0.0.1;
+#                               (a) tiny random models (or $ADAMAS_MODEL) decode through it bitwise as local CUDA,
+#                               dense and budget 64 (scripts/rpc_device_check.py check: $LOG/rpc-check.md);
+#                               (b) the random 7B MHA at depth 32K, decode t/s local vs through it, budgets 0 and 64,
+#                               and the per-token cost of RPC ($LOG/rpc.md). DEVICE=CPU (with BUILD=the build dir,
+#                               RPC_MODEL=a small GGUF, RPC_DEPTH=256) runs the same on a CPU-only machine
 #
 # Logs go to $OUT when it is set (the device tool brings that folder back).
 set -euo pipefail
@@ -28,7 +34,7 @@ cd "$(dirname "$0")/.."
 BUNDLE=.device
 LOG=${OUT:-/tmp}
 PY=${PYTHON:-python3}
-BUILD=build/cuda
+BUILD=${BUILD:-build/cuda}
 
 case "${1:-}" in
 bundle)
@@ -59,6 +65,7 @@ build)
     export CMAKE_ARGS="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHS:-90}"
     /usr/bin/time -f "build wall %e s" $PY -m pip install -v --no-index --no-build-isolation --no-deps \
         -Ccmake.define.ADAMAS_BUILD_TESTS=ON -Ccmake.define.ADAMAS_BUILD_SERVER=$([ -n "${SERVER:-}" ] && echo ON || echo OFF) \
+        -Ccmake.define.ADAMAS_BUILD_RPC=$([ -n "${RPC:-}" ] && echo ON || echo OFF) \
         -Cbuild-dir=$BUILD . > "$LOG/build.log" 2>&1 \
         || { tail -50 "$LOG/build.log"; exit 1; }
     tail -3 "$LOG/build.log"
@@ -146,6 +153,39 @@ load)
         --slot-ctx 32768 -n ${NPRED:-128} -ngl 99 --budgets 0,64 --logs "$LOG" --json "$LOG/load-${LOAD_MODEL:-7b}.json" $X \
         ${CHECK:+--check-dense} 2>&1 | tee -a "$LOG/load-${LOAD_MODEL:-7b}.md"
     ;;
+rpc)
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    DEV=${DEVICE:-CUDA0}; PORT=${RPC_PORT:-50052}; EP=127.0.0.1:$PORT
+    [ "$DEV" = CPU ] && LOCAL=cpu || LOCAL=cuda
+    $PY -c "import adamas_gguf._build_info as b; assert b.RPC, 'built without RPC: RPC=1 scripts/device.sh build'"
+    # the server in the background, stopped (by its process id) however this ends
+    $PY -m adamas_gguf rpc-server --host 127.0.0.1 --port $PORT --device $DEV > "$LOG/rpc-server.log" 2>&1 &
+    SRV=$!
+    trap 'kill $SRV 2>/dev/null; wait $SRV 2>/dev/null || true' EXIT
+    $PY - $PORT $SRV <<'PYEOF' || { tail -20 "$LOG/rpc-server.log"; exit 1; }
+import os, socket, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(600):  # a connection accepted: listening (the server reads EOF and goes on)
+    os.kill(pid, 0)  # raises if the server is gone
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close(); sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("rpc-server did not listen within 60 s")
+PYEOF
+    echo "rpc-server on $DEV at $EP (pid $SRV)"
+    [ "$LOCAL" = cpu ] || nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    rc=0
+    $PY scripts/rpc_device_check.py check --server $EP --device $LOCAL ${CHECK_ARGS:-} 2>&1 | tee "$LOG/rpc-check.md" || rc=1
+    M=${RPC_MODEL:-/tmp/r7b.gguf}
+    [ -f $M ] || $PY models/random_llama.py $M --shape 7b-mha
+    $PY scripts/rpc_device_check.py bench --server $EP --bench $BUILD/tests/cpp/bench-adamas-decode --model $M \
+        --depth ${RPC_DEPTH:-32768} --budgets ${BUDGETS:-0,64} -n ${RPC_N:-64} --reps ${RPC_REPS:-3} \
+        --threads ${RPC_THREADS:-0} --out "$LOG/rpc.md" > /dev/null || rc=1
+    cat "$LOG/rpc.md"
+    kill -0 $SRV || { echo "FAIL: the rpc-server died"; rc=1; }
+    exit $rc
+    ;;
 *)
-    sed -n 2,23p "$0"; exit 2 ;;
+    sed -n 2,29p "$0"; exit 2 ;;
 esac

@@ -583,6 +583,48 @@ def test_backend_ops_upstream_server_runs_none(tmp_path):
     assert summary == "0/0 tests passed"
 
 
+# ---- bench-adamas-decode through an rpc-server -----------------------------------------------------------------
+
+BENCH_DECODE = Path(_build_info.BUILD_DIR) / "tests" / "cpp" / "bench-adamas-decode"
+
+
+def bench_decode(model: Path, *extra: str) -> tuple[dict, str]:
+    """bench-adamas-decode at depth 256, dense and budget 64, 16 steps, one round: {budget: sparse steps} from its
+    table, and its whole output."""
+    assert BENCH_DECODE.is_file(), f"{BENCH_DECODE}: build with -Ccmake.define.ADAMAS_BUILD_TESTS=ON (make test)"
+    r = subprocess.run([str(BENCH_DECODE), "-m", str(model), "-d", "256", "-b", f"0,{BUDGET}", "-n", "16", "-r", "1",
+                        "-t", str(THREADS), *extra], capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    rows = [ln.split("|") for ln in r.stdout.splitlines() if ln.startswith(f"| {model.name} |")]
+    assert len(rows) == 2, out[-3000:]
+    steps = {int(c[4]): int(c[9]) for c in rows}
+    assert all(float(c[6]) > 0 for c in rows), rows
+    return steps, out
+
+
+def test_bench_decode_through_rpc(ops_servers, tiny_model):
+    # --rpc puts the model on the server's device (RPC0), the way test-backend-ops --rpc reaches it: the same
+    # sparse steps as local (the GPU machine's `scripts/device.sh rpc` times it at 32K against CUDA0)
+    local, out = bench_decode(tiny_model)
+    assert "rpc-server" not in out
+    ep = ops_servers["good"].endpoint
+    remote, out = bench_decode(tiny_model, "--rpc", ep)
+    assert f"model on the rpc-server devices {ep}: RPC0" in out, out
+    assert "Adamas unavailable" not in out, out
+    assert remote == local == {0: 0, BUDGET: 16}
+    # a server whose device refuses an op: the bench decodes dense there, and says why
+    refused, out = bench_decode(tiny_model, "--rpc", ops_servers["refuse"].endpoint)
+    assert refused == {0: 0, BUDGET: 0} and "Adamas unavailable" in out and "ADAMAS_SELECT" in out, out
+    assert ops_servers["good"].alive() and ops_servers["refuse"].alive()
+
+
+def test_bench_decode_rpc_empty_entry(tiny_model):
+    r = subprocess.run([str(BENCH_DECODE), "-m", str(tiny_model), "--rpc", "127.0.0.1:1,"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "each server is HOST:PORT" in r.stderr, r.stderr
+
+
 # ---- the command line -----------------------------------------------------------------------------------------
 
 

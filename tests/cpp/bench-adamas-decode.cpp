@@ -13,8 +13,13 @@
 // every decoding sequence and a --chunk C prompt chunk of every prefilling one (llama-server's batching under
 // mixed load); t/s counts the decoded tokens only, the prefilling sequences start empty in every round.
 //
+// --rpc HOST:PORT[,HOST:PORT...]: the model's layers go on these rpc-servers' devices only (a build with GGML_RPC,
+// ADAMAS_BUILD_RPC), the way test-backend-ops --rpc reaches them (the RPC registry's ggml_backend_rpc_add_server,
+// looked up at run time), so that the per-token cost of RPC shows against the same device used locally; the
+// servers' devices are the model's whole device list (llama_model_params.devices): no local GPU takes layers.
+//
 // usage: bench-adamas-decode -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head]
-//        [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N]
+//        [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]
 // -t: CPU threads for decode and prefill (both n_threads and n_threads_batch; default: llama's, 4)
 // (the other Adamas parameters are the library defaults; --select and --rerank default to the library's too;
 // every budget > 0 runs with every --rerank value, every depth with every -np value)
@@ -56,6 +61,43 @@ static std::vector<long> parse_list(const char * s) {
         p = *e == ',' ? e + 1 : e;
     }
     return v;
+}
+
+// --rpc: every device of each server, in the order given (null-terminated, for llama_model_params.devices), and
+// their names for the report; false with a message if this ggml has no RPC backend or a server has no devices
+static bool rpc_devices(const std::string & servers, std::vector<ggml_backend_dev_t> & devs, std::string & names) {
+    ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
+    auto add_server = rpc ? (ggml_backend_reg_t (*)(const char *)) ggml_backend_reg_get_proc_address(rpc, "ggml_backend_rpc_add_server") : nullptr;
+    if (!add_server) {
+        fprintf(stderr, "--rpc: this ggml has no RPC backend (build with GGML_RPC=ON: ADAMAS_BUILD_RPC)\n");
+        return false;
+    }
+    // every entry checked before the first connection (ggml-rpc aborts on a server it cannot reach)
+    std::vector<std::string> endpoints;
+    for (size_t p = 0;; ) {
+        const size_t e = servers.find(',', p);
+        endpoints.push_back(servers.substr(p, e == std::string::npos ? std::string::npos : e - p));
+        if (endpoints.back().empty() || endpoints.back().find(':') == std::string::npos) {
+            fprintf(stderr, "--rpc %s: each server is HOST:PORT (an empty or bad entry)\n", servers.c_str());
+            return false;
+        }
+        if (e == std::string::npos) break;
+        p = e + 1;
+    }
+    for (const std::string & endpoint : endpoints) {
+        ggml_backend_reg_t reg = add_server(endpoint.c_str());
+        if (!reg || ggml_backend_reg_dev_count(reg) == 0) {
+            fprintf(stderr, "--rpc: %s: no devices\n", endpoint.c_str());
+            return false;
+        }
+        for (size_t i = 0; i < ggml_backend_reg_dev_count(reg); i++) {
+            ggml_backend_dev_t d = ggml_backend_reg_dev_get(reg, i);
+            devs.push_back(d);
+            names += (names.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(d)) + " (" + ggml_backend_dev_description(d) + ")";
+        }
+    }
+    devs.push_back(nullptr);
+    return true;
 }
 
 static bool decode_tokens(llama_context * ctx, const std::vector<llama_token> & toks, int pos0, bool last_logits, llama_seq_id seq = 0) {
@@ -100,6 +142,7 @@ int main(int argc, char ** argv) {
     bool kvu = false;
     int n_mixed = 0, chunk = 32;
     int n_threads = 0; // 0: llama's default
+    std::string rpc_servers; // --rpc: the model on these servers' devices
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         auto next = [&]() { if (i + 1 >= argc) { fprintf(stderr, "%s needs a value\n", a.c_str()); exit(2); } return argv[++i]; };
@@ -116,7 +159,8 @@ int main(int argc, char ** argv) {
         else if (a == "--mixed") n_mixed = atoi(next());
         else if (a == "--chunk") chunk = atoi(next());
         else if (a == "-t") n_threads = atoi(next());
-        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N]\n", argv[0]); return 2; }
+        else if (a == "--rpc") rpc_servers = next();
+        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]\n", argv[0]); return 2; }
     }
     if (model.empty() || n_gen <= 0 || reps <= 0) { fprintf(stderr, "-m MODEL is required; -n and -r must be > 0\n"); return 2; }
     for (long np : nps) {
@@ -141,6 +185,12 @@ int main(int argc, char ** argv) {
     llama_backend_init();
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = ngl;
+    std::vector<ggml_backend_dev_t> devs;
+    std::string dev_names;
+    if (!rpc_servers.empty()) {
+        if (!rpc_devices(rpc_servers, devs, dev_names)) return 1;
+        mp.devices = devs.data();
+    }
     llama_model * mdl = llama_model_load_from_file(model.c_str(), mp);
     if (!mdl) { fprintf(stderr, "cannot load %s\n", model.c_str()); return 1; }
     const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(mdl));
@@ -150,6 +200,7 @@ int main(int argc, char ** argv) {
     long b_max = 0;
     for (long b : budgets) b_max = std::max(b_max, b);
 
+    if (!dev_names.empty()) printf("model on the rpc-server devices %s: %s\n", rpc_servers.c_str(), dev_names.c_str());
     printf("threads: %d, select mode: %s, KV cache: %s%s\n", n_threads > 0 ? n_threads : (int) llama_context_default_params().n_threads, select == LLAMA_ADAMAS_SELECT_HEAD ? "head" : "group",
            kvu ? "unified" : "one stream per sequence",
            n_mixed ? (", mixed load: " + std::to_string(n_mixed) + " sequence(s) prefill " + std::to_string(chunk) +
