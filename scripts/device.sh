@@ -7,6 +7,9 @@
 #   scripts/device.sh kernels   there: the standalone kernel harness (seconds to build): checks against scalar
 #                               references, compute-sanitizer (memcheck, racecheck), kernel times, the distance
 #                               kernel's ablation (SWEEP=1: also the sweep its plan comes from)
+#   scripts/device.sh kab       there: kernel A/B in one run: HARNESS (default .device/harness) `check 42 quick`, then
+#                               `bench` of HARNESS_OLD (a binary of an earlier revision, if given), of HARNESS with
+#                               GGML_CUDA_PDL=0 and of HARNESS as built ($LOG/bench-ab.md)
 #   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90; SERVER=1:
 #                               with llama-server, for `load`; RPC=1: with ggml-rpc and rpc-server, for `rpc`)
 #   scripts/device.sh test      there: CTest (CPU and CUDA decode tests, test-backend-ops on every Adamas case)
@@ -44,6 +47,15 @@ bundle)
     CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $PY -m pip wheel -q --no-deps -w "$BUNDLE/wheels" \
         "llama-cpp-python==0.3.36" "gguf==0.19.0" "diskcache==5.6.3"
     du -sh "$BUNDLE"
+    ;;
+kab)
+    H=${HARNESS:-$BUNDLE/harness}
+    timeout 200 $H check 42 quick | tail -2
+    {
+        if [ -n "${HARNESS_OLD:-}" ]; then echo "== $HARNESS_OLD"; timeout 90 $HARNESS_OLD bench; fi
+        echo "== $H, GGML_CUDA_PDL=0"; GGML_CUDA_PDL=0 timeout 90 $H bench
+        echo "== $H"; timeout 90 $H bench
+    } > "$LOG/bench-ab.md" 2>&1
     ;;
 kernels)
     H=ggml_adamas/tests/cuda/adamas-cuda-harness.cu
