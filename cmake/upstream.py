@@ -298,18 +298,24 @@ def sync(src: Path, dest: Path) -> int:
     return changed
 
 
+def up_to_date(dest: Path, stamp: Path, want: dict) -> bool:
+    """True if dest was made from these inputs (its stamp says so)."""
+    try:
+        if stamp.is_file() and json.loads(stamp.read_text()) == want:
+            log(f"{dest} is up to date")
+            return True
+    except ValueError:
+        pass  # a torn stamp: make the tree again
+    return False
+
+
 def prepare(dest: Path) -> None:
     key = inputs_digest()
     stamp = dest / STAMP
     want = {"sdist": SDIST_FILE, "tree": TREE_DIGEST, "inputs": key,
             "override": os.environ.get("ADAMAS_UPSTREAM", "")}
-    if stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()) == want:
-                log(f"{dest} is up to date")
-                return
-        except ValueError:
-            pass
+    if up_to_date(dest, stamp, want):
+        return
     files, origin = load_upstream()
     log(f"llama.cpp {LLAMA_CPP_COMMIT} from {origin} ({len(files)} files)")
     staging = dest.parent / (dest.name + ".staging")
@@ -344,13 +350,8 @@ def pristine(dest: Path) -> None:
     stamp = dest / STAMP
     want = {"sdist": SDIST_FILE, "tree": TREE_DIGEST, "parts": list(PRISTINE_PARTS),
             "override": os.environ.get("ADAMAS_UPSTREAM", "")}
-    if stamp.is_file():
-        try:
-            if json.loads(stamp.read_text()) == want:
-                log(f"{dest} is up to date")
-                return
-        except ValueError:
-            pass
+    if up_to_date(dest, stamp, want):
+        return
     files, origin = load_upstream()
     files = {rel: data for rel, data in files.items() if rel.startswith(PRISTINE_PARTS)}
     staging = dest.parent / (dest.name + ".staging")
