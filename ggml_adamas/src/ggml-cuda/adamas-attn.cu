@@ -98,8 +98,6 @@ static __device__ __forceinline__ void adamas_load_row(const char * row, int typ
 template <int D, int NG>
 static __global__ void __launch_bounds__(ADAMAS_ATTN_NWARP*WARP_SIZE)
 adamas_attn_kernel(const adamas_attn_args a) {
-    adamas_pdl_lc();
-    adamas_pdl_sync();
     constexpr int E = D/WARP_SIZE;
     constexpr int U = D <= 128 ? 2*ADAMAS_ATTN_U : ADAMAS_ATTN_U; // one round of the block's slots where registers allow
 
@@ -359,8 +357,6 @@ static size_t adamas_attn_rerank_smem(int D, int ng, int pool) {
 template <int D, int NG>
 static __global__ void __launch_bounds__(ADAMAS_ATTN_NWARP*WARP_SIZE)
 adamas_attn_score_kernel(const adamas_attn_args a) {
-    adamas_pdl_lc();
-    adamas_pdl_sync();
     constexpr int E     = D/WARP_SIZE;
     constexpr int U     = D <= 128 ? 2*ADAMAS_ATTN_U : ADAMAS_ATTN_U;
     constexpr int NWARP = ADAMAS_ATTN_NWARP;
@@ -456,8 +452,6 @@ adamas_attn_score_kernel(const adamas_attn_args a) {
 template <int D, int NG, int ABL = 0>
 static __global__ void __launch_bounds__(ADAMAS_RR_NWARP*WARP_SIZE)
 adamas_attn_rerank_kernel(const adamas_attn_args a) {
-    adamas_pdl_lc();
-    adamas_pdl_sync();
     constexpr int E     = D/WARP_SIZE;
     constexpr int U     = D <= 128 ? 8 : 4;
     constexpr int NWARP = ADAMAS_RR_NWARP;
@@ -735,8 +729,6 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
 // merges the splits of one (head, query, stream): grid n_head*n_q*ns, D threads
 template <int D>
 static __global__ void adamas_attn_combine_kernel(const adamas_attn_args a) {
-    adamas_pdl_lc();
-    adamas_pdl_sync();
     const int64_t hq = blockIdx.x;
     const int     d  = threadIdx.x;
     const float * p  = a.part + hq*a.n_split*(D + 2);
@@ -780,9 +772,9 @@ static void adamas_attn_rerank_launch_ng(const adamas_attn_args & a, cudaStream_
     const int64_t nx = a.per_head ? a.n_head : a.n_head_kv*a.n_hb;
     const dim3 grid((unsigned) nx, 1, (unsigned) (a.n_q*a.ns));
     const dim3 grid_s((unsigned) nx, (unsigned) ((a.budget + ADAMAS_ATTN_SLOTS - 1)/ADAMAS_ATTN_SLOTS), (unsigned) (a.n_q*a.ns));
-    adamas_launch(adamas_attn_score_kernel<D, NG>, grid_s, dim3(ADAMAS_ATTN_NWARP*WARP_SIZE), 0, stream, a);
+    adamas_attn_score_kernel<D, NG><<<grid_s, ADAMAS_ATTN_NWARP*WARP_SIZE, 0, stream>>>(a);
     adamas_set_smem(adamas_attn_rerank_kernel<D, NG>, smem);
-    adamas_launch(adamas_attn_rerank_kernel<D, NG>, grid, dim3(ADAMAS_RR_NWARP*WARP_SIZE), smem, stream, a);
+    adamas_attn_rerank_kernel<D, NG><<<grid, ADAMAS_RR_NWARP*WARP_SIZE, smem, stream>>>(a);
 }
 
 template <int D, int NG>
@@ -794,9 +786,9 @@ static void adamas_attn_launch_ng(const adamas_attn_args & a, cudaStream_t strea
     const size_t smem = (size_t) ADAMAS_ATTN_NWARP*NG*(D + 2)*sizeof(float);
     const int64_t nx = a.per_head ? a.n_head : a.n_head_kv*a.n_hb;
     const dim3 grid((unsigned) nx, (unsigned) a.n_split, (unsigned) (a.n_q*a.ns));
-    adamas_launch(adamas_attn_kernel<D, NG>, grid, dim3(ADAMAS_ATTN_NWARP*WARP_SIZE), smem, stream, a);
+    adamas_attn_kernel<D, NG><<<grid, ADAMAS_ATTN_NWARP*WARP_SIZE, smem, stream>>>(a);
     if (a.n_split > 1) {
-        adamas_launch(adamas_attn_combine_kernel<D>, dim3((unsigned) (a.n_head*a.n_q*a.ns)), dim3(D), 0, stream, a);
+        adamas_attn_combine_kernel<D><<<(unsigned) (a.n_head*a.n_q*a.ns), D, 0, stream>>>(a);
     }
 }
 

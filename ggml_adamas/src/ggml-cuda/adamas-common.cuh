@@ -18,50 +18,6 @@
 
 #include <climits>
 #include <cstdint>
-#include <utility>
-
-// Programmatic dependent launch (Hopper and newer), as upstream's kernels use it: each kernel lets the next one be
-// scheduled as soon as it starts (adamas_pdl_lc) and waits for the previous one to complete before it touches
-// global memory (adamas_pdl_sync: the inputs, and pool memory the previous kernel may still be using), so the
-// launch latency of a graph node (about 1 us) hides behind the node before it. GGML_CUDA_PDL=0 turns it off for
-// ours as for upstream's kernels.
-#ifndef ADAMAS_CUDA_STANDALONE
-static __device__ __forceinline__ void adamas_pdl_sync() { ggml_cuda_pdl_sync(); }
-static __device__ __forceinline__ void adamas_pdl_lc()   { ggml_cuda_pdl_lc(); }
-
-template <typename Kernel, typename... Args>
-static void adamas_launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args &&... args) {
-    ggml_cuda_kernel_launch(kernel, ggml_cuda_kernel_launch_params(grid, block, smem, stream), std::forward<Args>(args)...);
-}
-#else
-static __device__ __forceinline__ void adamas_pdl_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cudaGridDependencySynchronize();
-#endif
-}
-static __device__ __forceinline__ void adamas_pdl_lc() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cudaTriggerProgrammaticLaunchCompletion();
-#endif
-}
-
-template <typename Kernel, typename... Args>
-static void adamas_launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args &&... args) {
-    static const bool pdl = [] { const char * e = getenv("GGML_CUDA_PDL"); return e == nullptr || atoi(e) != 0; }();
-    if (pdl) {
-        cudaLaunchAttribute attr = {};
-        attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr.val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = grid; cfg.blockDim = block; cfg.dynamicSmemBytes = smem; cfg.stream = stream;
-        cfg.attrs = &attr; cfg.numAttrs = 1;
-        cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
-    } else {
-        kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
-    }
-}
-#endif
-
 
 // the I8 code layout of ggml-adamas.h: a sign plane then a magnitude plane, D/8 bytes each
 #define ADAMAS_CUDA_CODE_SIZE(d) ((d)/4)

@@ -34,8 +34,6 @@ struct adamas_encode_args {
 
 template <int D>
 static __global__ void adamas_encode_kernel(const adamas_encode_args a) {
-    adamas_pdl_lc();
-    adamas_pdl_sync();
     constexpr int E = D/WARP_SIZE; // coordinates per lane
 
     const int     lane = threadIdx.x % WARP_SIZE;
@@ -154,10 +152,10 @@ static void adamas_encode_launch(const adamas_encode_args & a, int D, cudaStream
     const dim3 grid((unsigned) ((nv + warps - 1)/warps));
     const dim3 block(warps*WARP_SIZE);
     switch (D) {
-        case 32:  adamas_launch(adamas_encode_kernel<32>, grid, block, 0, stream, a); break;
-        case 64:  adamas_launch(adamas_encode_kernel<64>, grid, block, 0, stream, a); break;
-        case 128: adamas_launch(adamas_encode_kernel<128>, grid, block, 0, stream, a); break;
-        case 256: adamas_launch(adamas_encode_kernel<256>, grid, block, 0, stream, a); break;
+        case 32:  adamas_encode_kernel<32> <<<grid, block, 0, stream>>>(a); break;
+        case 64:  adamas_encode_kernel<64> <<<grid, block, 0, stream>>>(a); break;
+        case 128: adamas_encode_kernel<128><<<grid, block, 0, stream>>>(a); break;
+        case 256: adamas_encode_kernel<256><<<grid, block, 0, stream>>>(a); break;
         default:  break; // refused by ggml_cuda_adamas_encode_supported
     }
 }

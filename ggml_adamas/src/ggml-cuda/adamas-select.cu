@@ -29,7 +29,6 @@
 #define ADAMAS_SELECT_EMIT_BLOCK 512    // threads per emit block (one row)
 #define ADAMAS_SELECT_EMIT_PER_T 16     // cells per thread and emit tile (two 16-byte loads)
 #define ADAMAS_SELECT_MAX_SORT   16384  // candidates the emit block sorts in shared memory (bounds the budget)
-#define ADAMAS_SELECT_GATHER     1024   // keys the emit block holds at least (8 KiB), for the gather path
 #define ADAMAS_SELECT_MAX_SMEM   (160*1024)
 
 // cells per thread and round of a distance block, their loads issued together (D = 256: registers allow 2)
@@ -184,8 +183,6 @@ static __device__ __forceinline__ void adamas_dist_count(bool group, const uint3
 template <int D, bool VEC, bool PIPE, int ABL = 0>
 static __global__ void __launch_bounds__(ADAMAS_SELECT_DIST_BLOCK, PIPE ? 2 : 3) // more blocks: more loads in flight
 adamas_select_dist_kernel(const adamas_select_args a) {
-    adamas_pdl_lc();
-    adamas_pdl_sync();
     constexpr int NW = D/16;
     constexpr int DU = adamas_select_du(D);
 
@@ -293,15 +290,6 @@ adamas_select_dist_kernel(const adamas_select_args a) {
     }
 }
 
-// zeroes n ints (the select's histograms): a kernel, not a memset node, so that it joins the launch chain above
-static __global__ void adamas_zero_kernel(int32_t * p, int64_t n) {
-    adamas_pdl_lc();
-    adamas_pdl_sync();
-    for (int64_t i = (int64_t) blockIdx.x*blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x*blockDim.x) {
-        p[i] = 0;
-    }
-}
-
 // Exclusive prefix sum over the block (blockDim.x a multiple of 32, at most 1024); *total gets the block's sum.
 static __device__ __forceinline__ int adamas_block_scan(int v, int * total, int * sh /* 33 ints */) {
     const int lane = threadIdx.x % WARP_SIZE;
@@ -342,12 +330,10 @@ static __device__ __forceinline__ int adamas_block_scan(int v, int * total, int 
     return excl;
 }
 
-static __global__ void adamas_select_emit_kernel(const adamas_select_args a, const int n_cap) {
-    adamas_pdl_lc();
-    adamas_pdl_sync();
-    extern __shared__ unsigned long long keys[]; // n_cap (a power of two >= min(budget, n_kv))
+static __global__ void adamas_select_emit_kernel(const adamas_select_args a, const int n_sort) {
+    extern __shared__ unsigned long long keys[]; // n_sort (a power of two >= the number of candidates)
     __shared__ int sh[33];
-    __shared__ int s_dstar, s_below, s_count;
+    __shared__ int s_dstar, s_below;
 
     const int64_t r  = blockIdx.x;
     const int64_t hs = r % a.n_sel;
@@ -397,64 +383,10 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
     const int below  = s_below;
     const int n_ties = n_out - below;
 
+    // candidates, from the highest cell down: all below d*, the first n_ties at d*
     constexpr int PT = ADAMAS_SELECT_EMIT_PER_T;
     const int64_t tile  = (int64_t) blockDim.x*PT;
     const int64_t n_pad = (a.n_kv + PT - 1)/PT*PT;
-
-    // Every cell at or below d* fits in the key buffer (the usual case: d* sits in the thin low tail of the
-    // distances): gather them in any order, with no barrier per tile, and let the ranking below keep the first
-    // n_out keys, which are the below-d* cells and the highest cells at d*, as the ordered compaction would.
-    const int n_all = below + (dstar < (int) a.nbins ? hist[dstar] : 0);
-    int n_cand = n_out;
-    if (n_out > 0 && n_all <= n_cap) {
-        if (threadIdx.x == 0) {
-            s_count = 0;
-        }
-        __syncthreads();
-        const int lane = threadIdx.x % WARP_SIZE;
-        for (int64_t t0 = 0; t0 < n_pad; t0 += tile) { // block-uniform trip count: the shuffles see whole warps
-            const int64_t cs = t0 + (int64_t) PT*threadIdx.x;
-            uint4 v[PT/8] = {};
-            if (cs < n_pad) {
-#pragma unroll
-                for (int i = 0; i < PT/8; ++i) {
-                    v[i] = ((const uint4 *) (dist + cs))[i];
-                }
-            }
-            const uint16_t * dv = (const uint16_t *) v;
-            int n = 0;
-#pragma unroll
-            for (int i = 0; i < PT; ++i) {
-                n += cs + i < a.n_kv && dv[i] <= dstar;
-            }
-            // a warp's candidates take one block-wide atomic
-            int incl = n;
-#pragma unroll
-            for (int o = 1; o < WARP_SIZE; o <<= 1) {
-                const int t = __shfl_up_sync(0xFFFFFFFF, incl, o);
-                if (lane >= o) {
-                    incl += t;
-                }
-            }
-            int base = 0;
-            if (lane == WARP_SIZE - 1 && incl > 0) {
-                base = atomicAdd(&s_count, incl);
-            }
-            int pos = __shfl_sync(0xFFFFFFFF, base, WARP_SIZE - 1) + incl - n;
-#pragma unroll
-            for (int i = 0; i < PT; ++i) {
-                if (cs + i < a.n_kv && dv[i] <= dstar) {
-                    if (pos < n_cap) { // always (the histogram counted the same distances): memory safety only
-                        keys[pos] = ((unsigned long long) dv[i] << 32) | (uint32_t) ~(uint32_t) (cs + i);
-                    }
-                    pos++;
-                }
-            }
-        }
-        __syncthreads();
-        n_cand = min(s_count, n_cap);
-    } else {
-    // candidates, from the highest cell down: all below d*, the first n_ties at d*
     int found_lt = 0;
     int found_eq = 0;
     for (int64_t hi = n_pad; hi > 0 && n_out > 0; hi -= tile) {
@@ -500,33 +432,25 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
         }
     }
     __syncthreads();
-    }
 
-    // ranking of the n_cand candidates: ascending keys = distance asc, then cell desc (keys are distinct); the
-    // first n_out are the result
-    if (n_cand <= (int) blockDim.x) {
+    // ranking: ascending keys = distance asc, then cell desc (keys are distinct)
+    if (n_out <= (int) blockDim.x) {
         // one candidate per thread: its rank is the number of smaller keys
-        if ((int) threadIdx.x < n_cand) {
+        if ((int) threadIdx.x < n_out) {
             const unsigned long long key = keys[threadIdx.x];
             int rank = 0;
-            for (int j = 0; j < n_cand; ++j) {
+            for (int j = 0; j < n_out; ++j) {
                 rank += keys[j] < key;
             }
-            if (rank < n_out) {
-                const int32_t j = (int32_t) ~(uint32_t) (key & 0xFFFFFFFFull);
-                out[rank] = crow ? crow[j] : j;
-            }
+            const int32_t j = (int32_t) ~(uint32_t) (key & 0xFFFFFFFFull);
+            out[rank] = crow ? crow[j] : j;
         }
         for (int j = n_out + threadIdx.x; j < a.budget; j += blockDim.x) {
             out[j] = -1;
         }
         return;
     }
-    int n_sort = 1;
-    while (n_sort < n_cand) {
-        n_sort <<= 1;
-    }
-    for (int i = n_cand + threadIdx.x; i < n_sort; i += blockDim.x) {
+    for (int i = n_out + threadIdx.x; i < n_sort; i += blockDim.x) {
         keys[i] = ~0ull;
     }
     __syncthreads();
@@ -559,20 +483,6 @@ static int adamas_next_pow2(int n) {
         p <<= 1;
     }
     return p;
-}
-
-// keys the emit block holds: the candidates (a power of two >= min(budget, n_kv)), and at least
-// ADAMAS_SELECT_GATHER so that the cells at d* usually fit beside those below it (the gather path)
-static int adamas_select_emit_cap(int budget, int64_t n_kv) {
-    const int n = (int) std::min<int64_t>(budget, n_kv > 0 ? n_kv : 1);
-    return adamas_next_pow2(std::max(n, (int) std::min<int64_t>(ADAMAS_SELECT_GATHER, 2*(int64_t) n)));
-}
-
-static void adamas_select_emit_launch(const adamas_select_args & a, cudaStream_t stream) {
-    const int    n_cap = adamas_select_emit_cap(a.budget, a.n_kv);
-    const size_t smem  = (size_t) n_cap*sizeof(unsigned long long);
-    adamas_set_smem(adamas_select_emit_kernel, smem);
-    adamas_launch(adamas_select_emit_kernel, dim3((unsigned) a.nrows), dim3(ADAMAS_SELECT_EMIT_BLOCK), smem, stream, a, n_cap);
 }
 
 // histogram bins of a selection row: distances 0..3*D per query head (summed over the group in GROUP mode),
@@ -609,10 +519,10 @@ template <int D, bool VEC>
 static void adamas_select_dist_launch_v(const adamas_select_args & a, const dim3 grid, size_t smem, cudaStream_t stream) {
     if (a.pipe) {
         adamas_set_smem(adamas_select_dist_kernel<D, VEC, true>, smem);
-        adamas_launch(adamas_select_dist_kernel<D, VEC, true>, grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream, a);
+        adamas_select_dist_kernel<D, VEC, true><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
     } else {
         adamas_set_smem(adamas_select_dist_kernel<D, VEC, false>, smem);
-        adamas_launch(adamas_select_dist_kernel<D, VEC, false>, grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream, a);
+        adamas_select_dist_kernel<D, VEC, false><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
     }
 }
 
@@ -649,8 +559,7 @@ static void adamas_select_run(const adamas_select_args & a, int D, bool vec, cud
     if (a.nrows == 0) {
         return;
     }
-    const int64_t nh = a.nrows*a.nbins;
-    adamas_launch(adamas_zero_kernel, dim3((unsigned) std::min<int64_t>((nh + 255)/256, 1024)), dim3(256), 0, stream, a.hist, nh);
+    cudaMemsetAsync(a.hist, 0, a.nrows*a.nbins*sizeof(int32_t), stream);
     if (a.n_kv > 0) {
         switch (D) {
             case 32:  adamas_select_dist_launch<32> (a, vec, stream); break;
@@ -660,7 +569,10 @@ static void adamas_select_run(const adamas_select_args & a, int D, bool vec, cud
             default:  return; // refused by ggml_cuda_adamas_select_supported
         }
     }
-    adamas_select_emit_launch(a, stream);
+    const int    n_sort = adamas_next_pow2((int) std::min<int64_t>(a.budget, a.n_kv > 0 ? a.n_kv : 1));
+    const size_t smem   = (size_t) n_sort*sizeof(unsigned long long);
+    adamas_set_smem(adamas_select_emit_kernel, smem);
+    adamas_select_emit_kernel<<<(unsigned) a.nrows, ADAMAS_SELECT_EMIT_BLOCK, smem, stream>>>(a, n_sort);
 }
 
 static void adamas_select_launch(adamas_select_args & a, int D, bool vec, cudaStream_t stream) {
