@@ -298,6 +298,22 @@ def sync(src: Path, dest: Path) -> int:
     return changed
 
 
+def stage_and_sync(dest: Path, files: dict, finish=None) -> int:
+    """Write files into a staging tree beside dest, let finish(staging) change it, then sync dest to it (only
+    changed files are touched, so the build recompiles what changed); returns the number of files updated."""
+    staging = dest.parent / (dest.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write_tree(files, staging)
+        if finish:
+            finish(staging)
+        dest.mkdir(parents=True, exist_ok=True)
+        return sync(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def up_to_date(dest: Path, stamp: Path, want: dict) -> bool:
     """True if dest was made from these inputs (its stamp says so)."""
     try:
@@ -318,11 +334,7 @@ def prepare(dest: Path) -> None:
         return
     files, origin = load_upstream()
     log(f"llama.cpp {LLAMA_CPP_COMMIT} from {origin} ({len(files)} files)")
-    staging = dest.parent / (dest.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        write_tree(files, staging)
+    def overlay_and_patch(staging: Path) -> None:
         for rel, p in overlay_files().items():
             if rel in files:
                 raise UpstreamError(f"{p.relative_to(ROOT)} would replace upstream {rel}; "
@@ -332,11 +344,9 @@ def prepare(dest: Path) -> None:
             shutil.copyfile(p, t)
         for p in patch_files():
             apply_patch(staging, p)
-        dest.mkdir(parents=True, exist_ok=True)
-        n = sync(staging, dest)
-        log(f"{dest}: {n} files updated")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    n = stage_and_sync(dest, files, overlay_and_patch)
+    log(f"{dest}: {n} files updated")
     stamp.write_text(json.dumps(want))
 
 
@@ -354,16 +364,8 @@ def pristine(dest: Path) -> None:
         return
     files, origin = load_upstream()
     files = {rel: data for rel, data in files.items() if rel.startswith(PRISTINE_PARTS)}
-    staging = dest.parent / (dest.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        write_tree(files, staging)
-        dest.mkdir(parents=True, exist_ok=True)
-        n = sync(staging, dest)
-        log(f"{dest}: pristine upstream ggml and tools/rpc from {origin}, {n} files updated")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    n = stage_and_sync(dest, files)
+    log(f"{dest}: pristine upstream ggml and tools/rpc from {origin}, {n} files updated")
     stamp.write_text(json.dumps(want))
 
 

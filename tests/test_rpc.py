@@ -132,6 +132,16 @@ def trace(llm, toks: list[int], steps: int = STEPS):
     return np.stack(rows), llm.adamas_sparse_steps - s0
 
 
+def trace_then_reload(llm, toks: list[int]):
+    """trace(), then a state save and load and one more step: a context decoding dense while past the budget
+    leaves its codes stale, and nothing may try to rebuild them on the device that refused them."""
+    got, steps = trace(llm, toks)
+    llm.load_state(llm.save_state())
+    llm.eval([int(np.argmax(got[-1]))])
+    assert llm.adamas_verify_codes() == 0
+    return got, steps
+
+
 def load(model: Path, budget: int, **kw):
     return adamas_gguf.Llama(str(model), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, seed=1,
                              budget=budget, verbose=False, **kw)
@@ -291,12 +301,7 @@ def test_server_without_our_adamas_decodes_dense(servers, tiny_model, local_trac
         assert reason and words.replace("RPC0", llm.rpc_devices[0]) in reason, reason
         assert ep in reason or "the server's CPU cannot run ADAMAS_SELECT for these shapes" in reason, reason
         assert llm.adamas_n_sparse_layers == 0
-        got, steps = trace(llm, toks)
-        # a state load leaves the codes stale past the budget: nothing may try to rebuild them over there
-        state = llm.save_state()
-        llm.load_state(state)
-        llm.eval([int(np.argmax(got[-1]))])
-        assert llm.adamas_verify_codes() == 0
+        got, steps = trace_then_reload(llm, toks)
     finally:
         llm.close()
     assert steps == 0
@@ -376,11 +381,7 @@ def test_split_mode_tensor_adamas_off(servers, tiny_model, local_traces):
         assert reason and SM_TENSOR_WORDS in reason, reason
         assert llm.adamas_n_sparse_layers == 0 and llm.adamas_refused_layers == {}
         assert all(SM_TENSOR_WORDS in r for r in llm.adamas_layer_reasons[2:]), llm.adamas_layer_reasons
-        got, steps = trace(llm, toks)
-        state = llm.save_state()
-        llm.load_state(state)
-        llm.eval([int(np.argmax(got[-1]))])
-        assert llm.adamas_verify_codes() == 0
+        got, steps = trace_then_reload(llm, toks)
     finally:
         llm.close()
     assert steps == 0
