@@ -126,16 +126,20 @@ static const char * adamas_device_reason(const llama_adamas_params & p, const ll
     return nullptr;
 }
 
+// Codes c on -sm tensor's meta device (ggml-backend-meta.cpp), which splits each graph node over its devices by a
+// rule per op: it has none for ours and aborts on them (even on a view for a copy), though its supports_op says yes
+// (it asks the devices under it), so the device probe would not catch it.
+static bool adamas_tensor_split(const llama_model & model, const ggml_tensor * c) {
+    return model.split_mode() == LLAMA_SPLIT_MODE_TENSOR && c->buffer && !ggml_backend_buffer_is_host(c->buffer);
+}
+
 // Why Adamas cannot use layer il's cache (codes c, K, V) in a context with these parameters (NULL: it can).
 static const char * adamas_cache_reason(const llama_model & model, const llama_cparams & cp, const llama_hparams & hp,
                                         uint32_t il, const ggml_tensor * c, const ggml_tensor * k, const ggml_tensor * v) {
     if (!cp.flash_attn) {
         return "flash attention is off (Adamas reads V untransposed)";
     }
-    // -sm tensor puts the cache on a meta device (ggml-backend-meta.cpp) that splits each graph node over its
-    // devices by a rule per op; it has none for ours and aborts on them, though its supports_op says yes (it asks
-    // the devices under it), so the probe below would not catch it
-    if (model.split_mode() == LLAMA_SPLIT_MODE_TENSOR && c->buffer && !ggml_backend_buffer_is_host(c->buffer)) {
+    if (adamas_tensor_split(model, c)) {
         return "split mode tensor (-sm tensor): the Adamas ops have no rule to split over the devices of a "
                "tensor-parallel KV cache; use -sm layer";
     }
@@ -175,20 +179,20 @@ void llama_adamas_kv::log_size(const llama_kv_cache & kv) {
 }
 
 void llama_adamas_kv::copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint32_t sdst) {
-    kv.adamas.set_stale(sdst, kv.adamas.is_stale(ssrc));
-    if (kv.model.split_mode() == LLAMA_SPLIT_MODE_TENSOR) {
-        kv.adamas.set_stale(sdst, true); // never read there (adamas_cache_reason); nor viewed in a meta buffer
-        return;
-    }
+    bool stale = kv.adamas.is_stale(ssrc);
     // one stream's codes as a view each side, copied by the buffer's backend (as upstream copies K and V
     // streams): on a GPU or an rpc-server the bytes stay there instead of travelling through the host
-    ggml_init_params ip = { 2*ggml_tensor_overhead(), nullptr, /*no_alloc*/ true };
+    ggml_init_params ip = { 2*kv.layers.size()*ggml_tensor_overhead(), nullptr, /*no_alloc*/ true };
+    ggml_context_ptr ctx(ggml_init(ip));
     for (const auto & layer : kv.layers) {
-        if (!layer.c) {
+        ggml_tensor * c = layer.c;
+        if (!c) {
             continue;
         }
-        ggml_context_ptr ctx(ggml_init(ip));
-        ggml_tensor * c = layer.c;
+        if (adamas_tensor_split(kv.model, c)) {
+            stale = true; // never read there (adamas_cache_reason); the stream is re-encoded if it ever is
+            continue;
+        }
         ggml_tensor * src = ggml_view_2d(ctx.get(), c, c->ne[0], c->ne[1], c->nb[1], ssrc*c->nb[2]);
         ggml_tensor * dst = ggml_view_2d(ctx.get(), c, c->ne[0], c->ne[1], c->nb[1], sdst*c->nb[2]);
         if (ggml_backend_view_init(src) != GGML_STATUS_SUCCESS || ggml_backend_view_init(dst) != GGML_STATUS_SUCCESS) {
@@ -196,6 +200,7 @@ void llama_adamas_kv::copy_stream(const llama_kv_cache & kv, uint32_t ssrc, uint
         }
         ggml_backend_tensor_copy(src, dst);
     }
+    kv.adamas.set_stale(sdst, stale);
 }
 
 // ---- re-encoding after K changed under the codes ---------------------------------------------------------
