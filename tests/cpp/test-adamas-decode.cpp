@@ -137,6 +137,20 @@ static double max_rel_diff(const std::vector<float> & a, const std::vector<float
     return m/s;
 }
 
+// Whether dense decoding gave bitwise the same logits in a unified and in per-stream caches (dense_u, dense_s): the
+// premise of asserting that Adamas does too. Not on a device, whose flash attention sums a view laid out otherwise
+// in another order; nor on every CPU: on the H200 machine's Xeon the CPU's dense logits differ by ~1e-4 between the
+// layouts where the 2-core AMD EPYC of CI gives them bitwise. Where the premise fails, the callers bound the
+// difference instead, and this says so once.
+static bool layouts_bitwise(const runner & R, const std::vector<float> & dense_u, const std::vector<float> & dense_s) {
+    const bool same = R.ngl == 0 && dense_u == dense_s;
+    if (R.ngl == 0 && !same) {
+        printf("note: this CPU's dense logits differ between a unified and per-stream caches (max rel diff %g): "
+               "the layouts are compared within a bound, not bitwise\n", max_rel_diff(dense_u, dense_s));
+    }
+    return same;
+}
+
 static std::vector<llama_token> random_tokens(std::mt19937 & rng, int n, int n_vocab) {
     std::uniform_int_distribution<int> d(3, n_vocab - 1);
     std::vector<llama_token> t(n);
@@ -433,12 +447,13 @@ int main(int argc, char ** argv) {
             llama_free(ctx);
             return got;
         };
-        std::vector<float> sparse_of[2];
+        std::vector<float> sparse_of[2], dense_of[2];
         double d_fa_max = 0.0;
         for (bool unified : { true, false }) {
             const char * kind = unified ? "unified" : "per-stream";
             int64_t steps = -1;
             const std::vector<float> dense2 = pair(unified, def, other, true, nullptr);
+            dense_of[unified] = dense2;
             const std::vector<float> nofa   = pair(unified, def, other, false, nullptr);
 
             llama_adamas_params pbig = def; pbig.budget = 1536;
@@ -470,11 +485,11 @@ int main(int argc, char ** argv) {
             sparse_of[unified] = sp;
             d_fa_max = std::max(d_fa_max, d_fa);
         }
-        if (R.ngl == 0) {
+        if (layouts_bitwise(R, dense_of[1], dense_of[0])) {
             CHECK(sparse_of[0] == sparse_of[1], "the short sequence's logits differ between a unified and per-stream caches "
                   "(max rel diff %g)", max_rel_diff(sparse_of[1], sparse_of[0]));
         } else {
-            // a device's flash attention (the dense layers) need not sum a view laid out otherwise in the same order
+            // flash attention (the dense layers) need not sum a view laid out otherwise in the same order
             CHECK(max_rel_diff(sparse_of[1], sparse_of[0]) <= std::max(1e-3, 2*d_fa_max), "the short sequence's logits differ "
                   "between a unified and per-stream caches by %g", max_rel_diff(sparse_of[1], sparse_of[0]));
         }
@@ -643,11 +658,8 @@ int main(int argc, char ** argv) {
         CHECK(sel_d.n == 0, "dense: %lld select nodes", (long long) sel_d.n);
         const std::vector<float> dense_s = run_multi(false, def, &steps_d, &sel_d, seqs);
         const double d_dense = max_rel_diff(dense_m, dense_s);
-        // on the CPU the premise of the bitwise comparisons below (on a device dense itself is not bitwise across the
-        // two layouts: its flash attention sums a view laid out otherwise)
-        if (R.ngl == 0) {
-            CHECK(dense_m == dense_s, "dense: the unified cache differs from per-stream caches by %g", d_dense);
-        }
+        // the premise of the bitwise comparisons below (not on a device, nor on every CPU: see layouts_bitwise)
+        const bool bitwise = layouts_bitwise(R, dense_m, dense_s);
         for (const auto & ap : { pc, pe }) {
             const char * mode = ap.select_mode == LLAMA_ADAMAS_SELECT_EXACT ? "exact" : "codes";
             int64_t steps_u = -1, steps_s = -1;
@@ -678,7 +690,7 @@ int main(int argc, char ** argv) {
             // dropped, tried) differs by ~40% of the sparse-vs-dense gap; the bound is 10% of it. (The op's tests
             // check bitwise that a list of every visible cell equals no list.)
             const double gap = max_rel_diff(per, dense_s);
-            if (R.ngl == 0) {
+            if (bitwise) {
                 CHECK(uni == per, "%s: the unified cache differs from per-stream caches by %g (sparse vs dense %g)", mode, d, gap);
             } else {
                 CHECK(d <= std::max(1e-4, 0.1*gap), "%s: the unified cache differs from per-stream caches by %g (dense: %g, sparse vs dense %g)",
