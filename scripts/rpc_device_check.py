@@ -28,10 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-import adamas_gguf  # first: it loads our libllama before llama_cpp is imported
+# adamas_gguf first: it loads our libllama before llama_cpp is imported, and before numpy (on the GPU machine's
+# torch virtualenv a model load crashed when numpy's wheel was loaded first: docs/perf-notes.md, RPC on the H200)
+import adamas_gguf
 from adamas_gguf import _build_info
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ("mha-d128", "gqa4-d64", "gqa8-d128")
