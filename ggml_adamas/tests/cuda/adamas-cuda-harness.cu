@@ -651,6 +651,7 @@ static int do_rrablate() {
 }
 
 int main(int argc, char ** argv) {
+    setvbuf(stdout, nullptr, _IOLBF, 0); // line by line into a file too: a run cut by a timeout keeps what it printed
     const std::string cmd = argc > 1 ? argv[1] : "check";
     // check SEED quick: the rerank's large pools left out (for the sanitizers)
     if (cmd == "check") return do_check(argc > 2 ? (unsigned) atoi(argv[2]) : 42u, argc > 3 && std::string(argv[3]) == "quick");
