@@ -19,10 +19,10 @@
 // servers' devices are the model's whole device list (llama_model_params.devices): no local GPU takes layers.
 //
 // usage: bench-adamas-decode -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head]
-//        [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]
+//        [--rerank 1,4] [--recent 0,16] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]
 // -t: CPU threads for decode and prefill (both n_threads and n_threads_batch; default: llama's, 4)
-// (the other Adamas parameters are the library defaults; --select and --rerank default to the library's too;
-// every budget > 0 runs with every --rerank value, every depth with every -np value)
+// (the other Adamas parameters are the library defaults; --select, --rerank and --recent default to the library's too;
+// every budget > 0 runs with every --rerank and --recent value, every depth with every -np value)
 #include "llama.h"
 #include "llama-adamas.h"
 
@@ -35,6 +35,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 static std::map<std::string, int> g_graph_msgs;
@@ -138,6 +139,7 @@ int main(int argc, char ** argv) {
     int n_gen = 64, reps = 3, ngl = 99, n_batch = 2048, n_ubatch = 512;
     int select = llama_adamas_default_params().select_mode; // the library's default unless --select says
     std::vector<long> reranks = { llama_adamas_default_params().rerank };
+    std::vector<long> recents = { llama_adamas_default_params().n_recent };
     std::vector<long> nps = { 1 };
     bool kvu = false;
     int n_mixed = 0, chunk = 32;
@@ -154,13 +156,14 @@ int main(int argc, char ** argv) {
         else if (a == "-ngl") ngl = atoi(next());
         else if (a == "--select") select = std::string(next()) == "head" ? LLAMA_ADAMAS_SELECT_HEAD : LLAMA_ADAMAS_SELECT_GROUP;
         else if (a == "--rerank") reranks = parse_list(next());
+        else if (a == "--recent") recents = parse_list(next());
         else if (a == "-np") nps = parse_list(next());
         else if (a == "-kvu") kvu = true;
         else if (a == "--mixed") n_mixed = atoi(next());
         else if (a == "--chunk") chunk = atoi(next());
         else if (a == "-t") n_threads = atoi(next());
         else if (a == "--rpc") rpc_servers = next();
-        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [--recent 0,16] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]\n", argv[0]); return 2; }
     }
     if (model.empty() || n_gen <= 0 || reps <= 0) { fprintf(stderr, "-m MODEL is required; -n and -r must be > 0\n"); return 2; }
     for (long np : nps) {
@@ -171,13 +174,17 @@ int main(int argc, char ** argv) {
     for (long r : reranks) {
         if (r < 1) { fprintf(stderr, "--rerank values must be >= 1\n"); return 2; }
     }
-    // the settings timed: (budget, rerank), dense once
-    std::vector<std::pair<long, long>> cfgs;
+    for (long r : recents) {
+        if (r < 0) { fprintf(stderr, "--recent values must be >= 0\n"); return 2; }
+    }
+    // the settings timed: (budget, rerank, recent), dense once
+    using cfg_t = std::tuple<long, long, long>;
+    std::vector<cfg_t> cfgs;
     for (long b : budgets) {
         if (b == 0) {
-            cfgs.emplace_back(0, reranks[0]);
+            cfgs.emplace_back(0, reranks[0], recents[0]);
         } else {
-            for (long r : reranks) cfgs.emplace_back(b, r);
+            for (long r : reranks) for (long n : recents) cfgs.emplace_back(b, r, n);
         }
     }
 
@@ -229,6 +236,7 @@ int main(int argc, char ** argv) {
         ap.select_mode = select;
         ap.budget = (int32_t) b_max;
         ap.rerank = (int32_t) reranks[0];
+        ap.n_recent = (int32_t) recents[0];
         llama_adamas_set(ctx, &ap);
 
         // each decoding sequence gets its own random prompt (no shared prefix)
@@ -251,14 +259,15 @@ int main(int argc, char ** argv) {
         };
 
         auto order = cfgs;
-        std::stable_sort(order.begin(), order.end(), [](const auto & x, const auto & y) { return (x.first > 0) > (y.first > 0); });
-        std::map<std::pair<long, long>, std::vector<double>> tps;
-        std::map<std::pair<long, long>, long> steps;
+        std::stable_sort(order.begin(), order.end(), [](const auto & x, const auto & y) { return (std::get<0>(x) > 0) > (std::get<0>(y) > 0); });
+        std::map<cfg_t, std::vector<double>> tps;
+        std::map<cfg_t, long> steps;
         for (int r = 0; r < reps; r++) {
             for (const auto & cfg : order) {
-                const long b = cfg.first;
+                const long b = std::get<0>(cfg);
                 ap.budget = (int32_t) b;
-                ap.rerank = (int32_t) cfg.second;
+                ap.rerank = (int32_t) std::get<1>(cfg);
+                ap.n_recent = (int32_t) std::get<2>(cfg);
                 llama_adamas_set(ctx, &ap);
                 // warm-up tokens (graph reserve, CUDA graph capture) are decoded and removed, untimed
                 for (int w = 0; w < 3; w++) decode_step(ctx, rng, n_vocab, n_dec, (int) depth + w, n_pre, w*chunk, chunk);
@@ -284,16 +293,18 @@ int main(int argc, char ** argv) {
         };
         double dense = 0, sd0 = 0;
         for (const auto & kv : tps) {
-            if (kv.first.first == 0) mean_sd(kv.second, dense, sd0);
+            if (std::get<0>(kv.first) == 0) mean_sd(kv.second, dense, sd0);
         }
         char name[256];
         snprintf(name, sizeof(name), "%s", model.substr(model.find_last_of('/') + 1).c_str());
         for (const auto & cfg : cfgs) {
-            const long b = cfg.first;
+            const long b = std::get<0>(cfg);
             double m, sd; mean_sd(tps[cfg], m, sd);
+            // the rerank column names recent tokens too when some are kept (the table keeps its columns)
+            const std::string sel = b > 0 ? std::to_string(std::get<1>(cfg)) + (std::get<2>(cfg) > 0 ? ", recent " + std::to_string(std::get<2>(cfg)) : "") : "";
             const std::string load = std::to_string(n_dec) + " x " + std::to_string(depth) +
                                      (n_pre ? " + " + std::to_string(n_pre) + " prefilling" : "");
-            printf("| %s | %ld | %s | %ld | %s | %.2f | %.2f | %s | %ld |\n", name, depth, load.c_str(), b, b > 0 ? std::to_string(cfg.second).c_str() : "",
+            printf("| %s | %ld | %s | %ld | %s | %.2f | %.2f | %s | %ld |\n", name, depth, load.c_str(), b, sel.c_str(),
                    m, sd, b > 0 && dense > 0 ? (std::to_string(m/dense).substr(0, 5) + "x").c_str() : "", steps[cfg]);
         }
         fflush(stdout);
