@@ -25,6 +25,7 @@
 // every budget > 0 runs with every --rerank and --recent value, every depth with every -np value)
 #include "llama.h"
 #include "llama-adamas.h"
+#include "adamas-rpc-servers.h" // ggml_adamas/tests
 
 #include <algorithm>
 #include <chrono>
@@ -67,30 +68,11 @@ static std::vector<long> parse_list(const char * s) {
 // --rpc: every device of each server, in the order given (null-terminated, for llama_model_params.devices), and
 // their names for the report; false with a message if this ggml has no RPC backend or a server has no devices
 static bool rpc_devices(const std::string & servers, std::vector<ggml_backend_dev_t> & devs, std::string & names) {
-    ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
-    auto add_server = rpc ? (ggml_backend_reg_t (*)(const char *)) ggml_backend_reg_get_proc_address(rpc, "ggml_backend_rpc_add_server") : nullptr;
-    if (!add_server) {
-        fprintf(stderr, "--rpc: this ggml has no RPC backend (build with GGML_RPC=ON: ADAMAS_BUILD_RPC)\n");
+    std::vector<ggml_backend_reg_t> regs;
+    if (!adamas_rpc_server_regs(servers, regs)) {
         return false;
     }
-    // every entry checked before the first connection (ggml-rpc aborts on a server it cannot reach)
-    std::vector<std::string> endpoints;
-    for (size_t p = 0;; ) {
-        const size_t e = servers.find(',', p);
-        endpoints.push_back(servers.substr(p, e == std::string::npos ? std::string::npos : e - p));
-        if (endpoints.back().empty() || endpoints.back().find(':') == std::string::npos) {
-            fprintf(stderr, "--rpc %s: each server is HOST:PORT (an empty or bad entry)\n", servers.c_str());
-            return false;
-        }
-        if (e == std::string::npos) break;
-        p = e + 1;
-    }
-    for (const std::string & endpoint : endpoints) {
-        ggml_backend_reg_t reg = add_server(endpoint.c_str());
-        if (!reg || ggml_backend_reg_dev_count(reg) == 0) {
-            fprintf(stderr, "--rpc: %s: no devices\n", endpoint.c_str());
-            return false;
-        }
+    for (ggml_backend_reg_t reg : regs) {
         for (size_t i = 0; i < ggml_backend_reg_dev_count(reg); i++) {
             ggml_backend_dev_t d = ggml_backend_reg_dev_get(reg, i);
             devs.push_back(d);
