@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -677,46 +678,95 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
     }
     mctx->set_input_kq_mask(sel_mask, ubatch, causal);
 
-    // keep the n_sink oldest and the n_recent newest visible cells of each query row
+    constexpr uint16_t ADAMAS_F16_NINF_BITS = 0xFC00u;
+    constexpr uint32_t ADAMAS_F32_NINF_BITS = 0xFF800000u;
+    // keep the n_sink oldest and the n_recent newest visible cells of each query row. Positions within a sequence
+    // are distinct, so when the visible positions have no gap at either end those cells are the ones within n_sink
+    // of the lowest and n_recent of the highest: two passes over the row and no sort (a decode step at 128K spent
+    // ~0.5 ms sorting 128K (position, cell) pairs, a tenth of a GPU step); any gap falls back to nth_element.
     const int64_t n_kv  = sel_mask->ne[0];
     const int64_t n_row = sel_mask->ne[1];
     const int64_t n_str = sel_mask->ne[3];
     const bool    f16   = sel_mask->type == GGML_TYPE_F16;
     const auto & sinfo = mctx->sinfos[mctx->i_cur];
     std::vector<std::pair<llama_pos, int64_t>> vis;
+    std::vector<int64_t> forced;
     for (int64_t s = 0; s < n_str; ++s) {
         const auto & cells = mctx->kv->v_cells[sinfo.strm[s]];
         for (int64_t r = 0; r < n_row; ++r) {
             char * row = (char *) sel_mask->data + r*sel_mask->nb[1] + s*sel_mask->nb[3];
+            // -INF by its bits (the mask holds 0, -INF or an ALiBi bias; no NaN)
+            auto visible = [&](int64_t c) {
+                return (f16 ? ((const uint16_t *) row)[c] != ADAMAS_F16_NINF_BITS
+                            : ((const uint32_t *) row)[c] != ADAMAS_F32_NINF_BITS) && !cells.is_empty(c);
+            };
+            auto keep = [&](int64_t c) {
+                if (f16) {
+                    ((ggml_fp16_t *) row)[c] = ggml_fp32_to_fp16(INFINITY);
+                } else {
+                    ((float *) row)[c] = INFINITY;
+                }
+            };
+            int64_t n = 0;
+            llama_pos p_lo = std::numeric_limits<llama_pos>::max(), p_hi = std::numeric_limits<llama_pos>::min();
+            for (int64_t c = 0; c < n_kv; ++c) {
+                if (visible(c)) {
+                    const llama_pos pc = cells.pos_get(c);
+                    p_lo = std::min(p_lo, pc);
+                    p_hi = std::max(p_hi, pc);
+                    n++;
+                }
+            }
+            const int64_t n_sink   = std::min<int64_t>(p.n_sink, n);
+            const int64_t n_recent = std::min<int64_t>(p.n_recent, n);
+            if (n == 0 || n_sink + n_recent >= n) {
+                for (int64_t c = 0; c < n_kv; ++c) {
+                    if (visible(c)) {
+                        keep(c); // all of them
+                    }
+                }
+                continue;
+            }
+            // without gaps: the sinks are the positions below p_lo + n_sink, the recent ones those above
+            // p_hi - n_recent; the counts say whether that holds (distinct positions)
+            const int64_t s_end   = (int64_t) p_lo + n_sink;   // sinks: pos < s_end
+            const int64_t r_begin = (int64_t) p_hi - n_recent; // recent: pos > r_begin
+            int64_t n_s = 0, n_r = 0;
+            forced.clear();
+            for (int64_t c = 0; c < n_kv; ++c) {
+                if (visible(c)) {
+                    const int64_t pc = cells.pos_get(c);
+                    const bool is_s = pc < s_end, is_r = pc > r_begin;
+                    n_s += is_s;
+                    n_r += is_r;
+                    if (is_s || is_r) {
+                        forced.push_back(c);
+                    }
+                }
+            }
+            if (n_s == n_sink && n_r == n_recent) {
+                for (int64_t c : forced) {
+                    keep(c);
+                }
+                continue;
+            }
             vis.clear();
             for (int64_t c = 0; c < n_kv; ++c) {
-                const float m = f16 ? ggml_fp16_to_fp32(((ggml_fp16_t *) row)[c]) : ((float *) row)[c];
-                if (m != -INFINITY && !cells.is_empty(c)) {
+                if (visible(c)) {
                     vis.emplace_back(cells.pos_get(c), c);
                 }
             }
-            // positions within a sequence are distinct: the oldest n_sink and the newest n_recent, O(n)
-            const int64_t n = vis.size();
-            const int64_t n_sink = std::min<int64_t>(p.n_sink, n);
-            const int64_t n_recent = std::min<int64_t>(p.n_recent, n);
-            if (n_sink > 0 && n_sink < n) {
+            if (n_sink > 0) {
                 std::nth_element(vis.begin(), vis.begin() + n_sink - 1, vis.end());
             }
-            if (n_recent > 0 && n_recent < n - n_sink) {
+            if (n_recent > 0) {
                 std::nth_element(vis.begin() + n_sink, vis.end() - n_recent, vis.end());
             }
-            auto keep = [&](int64_t i) {
-                if (f16) {
-                    ((ggml_fp16_t *) row)[vis[i].second] = ggml_fp32_to_fp16(INFINITY);
-                } else {
-                    ((float *) row)[vis[i].second] = INFINITY;
-                }
-            };
             for (int64_t i = 0; i < n_sink; ++i) {
-                keep(i);
+                keep(vis[i].second);
             }
             for (int64_t i = n - n_recent; i < n; ++i) {
-                keep(i);
+                keep(vis[i].second);
             }
         }
     }
