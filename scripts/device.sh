@@ -10,6 +10,8 @@
 #   scripts/device.sh kab       there: kernel A/B in one run: HARNESS (default .device/harness) `check 42 quick`, then
 #                               `bench` of HARNESS_OLD (a binary of an earlier revision, if given), of HARNESS with
 #                               GGML_CUDA_PDL=0 and of HARNESS as built ($LOG/bench-ab.md)
+#   scripts/device.sh ncu       there: Nsight Compute on the harness's rerank kernels (`one` at 32K MHA, pool 256 -> 64):
+#                               the source-level stall reasons ($LOG/ncu-rerank.txt) that three missed guesses lacked
 #   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90; SERVER=1:
 #                               with llama-server, for `load`; RPC=1: with ggml-rpc and rpc-server, for `rpc`)
 #   scripts/device.sh test      there: CTest (CPU and CUDA decode tests, test-backend-ops on every Adamas case)
@@ -71,6 +73,13 @@ kernels)
     /tmp/adamas-harness bench | tee "$LOG/kernels.md"
     /tmp/adamas-harness ablate | tee "$LOG/ablate.md"
     [ -z "${SWEEP:-}" ] || /tmp/adamas-harness sweep > "$LOG/sweep.md" # SWEEP=1: the distance-kernel plan sweep
+    ;;
+ncu)
+    H=${HARNESS:-$BUNDLE/harness}
+    # --clock-control none: the clocks the op runs at; one launch of each kernel (the harness's `one` runs select + attention once)
+    timeout 300 ncu --clock-control none --set full --import-source yes -k regex:"adamas_attn_(score|rerank)" \
+        $H one 32768 32 256 head 0 0 0 64 > "$LOG/ncu-rerank.txt" 2>&1 || true
+    grep -E "adamas_attn|Duration|Warp Cycles Per Issued|Stall|Issue Slots Busy" "$LOG/ncu-rerank.txt" | head -60
     ;;
 build)
     $PY -m pip install -q --no-index --no-deps "$BUNDLE"/wheels/*.whl
@@ -200,5 +209,5 @@ PYEOF
     exit $rc
     ;;
 *)
-    sed -n 2,29p "$0"; exit 2 ;;
+    sed -n 2,35p "$0"; exit 2 ;;
 esac
