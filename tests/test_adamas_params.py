@@ -22,6 +22,7 @@ from adamas_gguf import AdamasParams, Llama, _lib
 from adamas_gguf import cli as cli_mod
 from adamas_gguf.cli import base as cli_base
 from adamas_gguf import llama as llama_mod
+from adamas_gguf.adamas import RECENT_AUTO
 from adamas_gguf.gguf_check import GGUFError
 
 from conftest import REPO, run_cli
@@ -103,7 +104,7 @@ BAD = [  # (keywords, exception, the message, a regex)
     (dict(thr_q=1e39), ValueError, r"thr_q must be at most 3\.40282e\+38 \(a C float\)"),
     (dict(thr_k=1e-50), ValueError, r"thr_k must be a C float > 0, .*rounds to 0"),
     (dict(n_sink=-1), ValueError, r"^n_sink must be >= 0, got -1$"),
-    (dict(n_recent=-4), ValueError, r"^n_recent must be >= 0, got -4$"),
+    (dict(n_recent=-4), ValueError, r"^n_recent must be >= -1 \(a count of tokens, or RECENT_AUTO = -1\), got -4$"),
     (dict(budget=16, n_sink=8, n_recent=9), ValueError,
      r"n_sink \+ n_recent \(8 \+ 9 = 17\) must not exceed budget \(16\)"),
     (dict(rerank=0), ValueError, r"^rerank must be >= 1 \(1 = off\), got 0$"),
@@ -130,6 +131,19 @@ def test_good_params_accepted():
     assert AdamasParams(budget=np.int64(64), thr_q=np.float32(2.0)) == AdamasParams(budget=64, thr_q=2.0)
     assert AdamasParams(budget=16, n_sink=8, n_recent=8).n_recent == 8  # exactly the budget: allowed
     assert AdamasParams(budget=0, n_sink=8, n_recent=8).dense  # no budget to fit in when dense
+
+
+def test_recent_auto_is_the_default_and_fits_any_budget():
+    """RECENT_AUTO (-1, the default): min(16, budget/4, budget - n_sink) recent tokens, so that every budget is
+    valid with the defaults; an explicit count keeps its meaning and its check against the budget."""
+    assert AdamasParams().n_recent == RECENT_AUTO == AdamasParams.c_defaults().n_recent == -1
+    for budget, n_sink, want in ((0, 0, 0), (1, 0, 0), (3, 0, 0), (8, 0, 2), (8, 7, 1), (8, 8, 0), (32, 0, 8),
+                                 (64, 0, 16), (64, 60, 4), (1024, 0, 16)):
+        assert AdamasParams(budget=budget, n_sink=n_sink).recent == want, (budget, n_sink)
+    assert AdamasParams(budget=8, n_recent=3).recent == 3
+    with pytest.raises(ValueError, match=r"n_sink \+ n_recent \(0 \+ 9 = 9\) must not exceed budget \(8\)"):
+        AdamasParams(budget=8, n_recent=9)
+    assert str(AdamasParams(budget=64)).split()[7] == "n_recent=auto"
     assert AdamasParams(n_dense=1000).n_dense == 1000  # more than the model has: simply no sparse layer
 
 
@@ -146,7 +160,7 @@ def test_python_is_at_least_as_strict_as_the_library():
             continue
         assert _lib.llama_adamas_params_check(p.to_c()) is None, p
     for bad in (dict(budget=-1), dict(n_dense=-1), dict(thr_q=0.0), dict(thr_k=-1.0), dict(thr_mode=7),
-                dict(select_mode=7), dict(n_sink=-1), dict(n_recent=-1), dict(rerank=0),
+                dict(select_mode=7), dict(n_sink=-1), dict(n_recent=-2), dict(rerank=0),
                 dict(rerank=2, n_sink=5, n_recent=4, budget=8)):
         raw = AdamasParams().to_c()
         for k, v in bad.items():
@@ -404,7 +418,7 @@ def test_cli_bad_flags_in_process(capsys):
 def test_cli_help_lists_the_adamas_flags():
     flat = " ".join(assert_ok(run_cli("run", "--help")).split())
     for s in ("--budget N", "--dense-layers N", "--thr-mode {rms,fixed}", "--thr-q X", "--thr-k X",
-              "--select {group,head,exact}", "--sink N", "--recent N", "0 = dense attention", "(default: 2)",
+              "--select {group,head,exact}", "--sink N", "--recent N|auto", "0 = dense attention", "(default: 2)",
               "(default: rms)", "(default: head)", "(default: 0.5)", "(default: 1.0)"):
         assert s in flat, s
 
@@ -441,7 +455,7 @@ def test_cli_verbose_reports_params_and_steps(tiny_model):
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
     want = ("adamas_gguf: adamas: budget=16 n_dense=2 thr_mode=fixed thr_q=10 thr_k=10 select=group n_sink=0 "
-            f"n_recent=0 rerank=4 (sparse layers: {TINY_LAYERS - 2})")
+            f"n_recent=auto rerank=4 (sparse layers: {TINY_LAYERS - 2})")
     assert want in lines, r.stderr[-2000:]
     steps = [ln for ln in lines if re.fullmatch(r"adamas_gguf: adamas: \d+ sparse decode steps", ln)]
     assert len(steps) == 1 and int(steps[0].split()[2]) > 0, steps

@@ -5,6 +5,7 @@
 #include "common.h"
 #include "log.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cmath>
@@ -105,7 +106,8 @@ std::vector<common_arg> common_adamas_args() {
             keep<COMMON_ADAMAS_SELECT>),
         opt(COMMON_ADAMAS_SINK, "N", string_format("always attend the first N tokens, inside the budget (default: %d)", d.n_sink),
             keep<COMMON_ADAMAS_SINK>),
-        opt(COMMON_ADAMAS_RECENT, "N", string_format("always attend the N most recent tokens, inside the budget (default: %d)", d.n_recent),
+        opt(COMMON_ADAMAS_RECENT, "N|auto", "always attend the N most recent tokens, inside the budget; auto = min(16, "
+            "budget/4) (default: auto)",
             keep<COMMON_ADAMAS_RECENT>),
         opt(COMMON_ADAMAS_RERANK, "R", string_format(
             "R > 1: the R*budget nearest tokens by code distance are a pool, the budget of them with the highest "
@@ -122,7 +124,9 @@ void common_adamas_finish(common_params & params) {
     if (a.given[COMMON_ADAMAS_THR_Q])        p.thr_q    = parse_thr(a, COMMON_ADAMAS_THR_Q);
     if (a.given[COMMON_ADAMAS_THR_K])        p.thr_k    = parse_thr(a, COMMON_ADAMAS_THR_K);
     if (a.given[COMMON_ADAMAS_SINK])         p.n_sink   = parse_int(a, COMMON_ADAMAS_SINK, 0);
-    if (a.given[COMMON_ADAMAS_RECENT])       p.n_recent = parse_int(a, COMMON_ADAMAS_RECENT, 0);
+    if (a.given[COMMON_ADAMAS_RECENT]) {
+        p.n_recent = a.raw[COMMON_ADAMAS_RECENT] == "auto" ? LLAMA_ADAMAS_RECENT_AUTO : parse_int(a, COMMON_ADAMAS_RECENT, 0);
+    }
     if (a.given[COMMON_ADAMAS_RERANK])       p.rerank   = parse_int(a, COMMON_ADAMAS_RERANK, 1);
     if (a.given[COMMON_ADAMAS_THR_MODE]) {
         const std::string & s = a.raw[COMMON_ADAMAS_THR_MODE];
@@ -137,10 +141,12 @@ void common_adamas_finish(common_params & params) {
         else if (s == "exact") p.select_mode = LLAMA_ADAMAS_SELECT_EXACT;
         else bad(COMMON_ADAMAS_SELECT, s, "must be head, group or exact");
     }
-    if (p.budget > 0 && (int64_t) p.n_sink + p.n_recent > p.budget) {
+    const int64_t kept = (int64_t) p.n_sink + std::max(p.n_recent, 0); // auto recent tokens fit in what the sinks leave
+    if (p.budget > 0 && kept > p.budget) {
         throw std::invalid_argument(string_format(
-            "error: --adamas-sink %d and --adamas-recent %d keep %lld tokens, more than --adamas-budget %d: they are "
-            "attended inside the budget", p.n_sink, p.n_recent, (long long) p.n_sink + p.n_recent, p.budget));
+            "error: --adamas-sink %d and --adamas-recent %s keep %lld tokens, more than --adamas-budget %d: they are "
+            "attended inside the budget", p.n_sink, p.n_recent == LLAMA_ADAMAS_RECENT_AUTO ? "auto" : std::to_string(p.n_recent).c_str(),
+            (long long) kept, p.budget));
     }
     if (p.budget > 0 && params.flash_attn_type == LLAMA_FLASH_ATTN_TYPE_DISABLED) {
         throw std::invalid_argument(string_format(
@@ -176,7 +182,7 @@ void common_adamas_apply(llama_context * lctx, const common_params & params) {
     LOG_INF("adamas: budget %d, %d dense layers, %d sparse layers, rerank %d, select %s, thr %s q %g k %g, "
             "sink %d, recent %d\n", p.budget, p.n_dense, llama_adamas_n_sparse_layers(lctx), p.rerank,
             p.select_mode == LLAMA_ADAMAS_SELECT_HEAD ? "head" : p.select_mode == LLAMA_ADAMAS_SELECT_GROUP ? "group" : "exact",
-            p.thr_mode == LLAMA_ADAMAS_THR_RMS ? "rms" : "fixed", p.thr_q, p.thr_k, p.n_sink, p.n_recent);
+            p.thr_mode == LLAMA_ADAMAS_THR_RMS ? "rms" : "fixed", p.thr_q, p.thr_k, p.n_sink, llama_adamas_n_recent(&p));
 }
 
 void common_adamas_report(const llama_context * lctx) {

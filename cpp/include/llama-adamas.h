@@ -41,15 +41,22 @@ struct llama_adamas_params {
     float   thr_k;        // the same for keys, > 0
     int32_t select_mode;  // enum llama_adamas_select_mode (EXACT: the reference selection)
     int32_t n_sink;       // the first n_sink tokens of the sequence are always kept (inside the budget)
-    int32_t n_recent;     // the n_recent most recent tokens are always kept (inside the budget)
+    int32_t n_recent;     // the n_recent most recent tokens are always kept (inside the budget);
+                          // LLAMA_ADAMAS_RECENT_AUTO (-1, the default): min(16, budget/4), less what the sinks take
     int32_t rerank;       // 1: the budget nearest by code distance; R > 1: the R*budget nearest are a pool
                           // and their exact q.k logits keep the budget best (K read for the pool, V for the
                           // budget; sink and recent tokens are kept first, inside the budget)
 };
 
-// Defaults: budget 0 (off), n_dense 2, RMS thresholds 0.5 (q) and 1.0 (k), per-query-head selection, no sinks
-// or recent tokens, rerank 4 (chosen by measurement: docs/accuracy.md).
+#define LLAMA_ADAMAS_RECENT_AUTO (-1)
+
+// Defaults: budget 0 (off), n_dense 2, RMS thresholds 0.5 (q) and 1.0 (k), per-query-head selection, no sinks,
+// recent tokens AUTO (16 at budget >= 64), rerank 4 (chosen by measurement: docs/accuracy.md §7 and §9).
 LLAMA_API struct llama_adamas_params llama_adamas_default_params(void);
+
+// The recent tokens a step with p keeps: p->n_recent, or for LLAMA_ADAMAS_RECENT_AUTO min(16, budget/4,
+// budget - n_sink) (0 when dense).
+LLAMA_API int32_t llama_adamas_n_recent(const struct llama_adamas_params * p);
 
 // Checks p; returns NULL if valid, else a message saying what is wrong (static storage).
 LLAMA_API const char * llama_adamas_params_check(const struct llama_adamas_params * p);

@@ -62,7 +62,7 @@ static ggml_tensor * adamas_select_attn(ggml_context * ctx, const llama_adamas_p
     }
     const int32_t n_keep = std::min(budget, pool);
     return exact || p.rerank > 1
-        ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, n_keep, std::min(n_keep, p.n_sink + p.n_recent))
+        ? ggml_adamas_attn_rerank(ctx, q, k, v, mask, idx, scale, softcap, n_keep, std::min(n_keep, p.n_sink + llama_adamas_n_recent(&p)))
         : ggml_adamas_attn(ctx, q, k, v, mask, idx, scale, softcap);
 }
 
@@ -718,7 +718,7 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
                 }
             }
             const int64_t n_sink   = std::min<int64_t>(p.n_sink, n);
-            const int64_t n_recent = std::min<int64_t>(p.n_recent, n);
+            const int64_t n_recent = std::min<int64_t>(llama_adamas_n_recent(&p), n);
             if (n == 0 || n_sink + n_recent >= n) {
                 for (int64_t c = 0; c < n_kv; ++c) {
                     if (visible(c)) {
@@ -897,7 +897,7 @@ ggml_tensor * llama_adamas_kv::build_attn(
     if (!ai) {
         auto obj = std::make_unique<llama_adamas_kv::input>(mctx, p, g.cparams.causal_attn,
                 llama_adamas_kv::input::decide(mctx, g.ubatch, p));
-        if (obj->plan.sparse && (p.n_sink > 0 || p.n_recent > 0)) {
+        if (obj->plan.sparse && (p.n_sink > 0 || llama_adamas_n_recent(&p) > 0)) {
             obj->sel_mask = ggml_new_tensor(ctx0, kq_mask->type, 4, kq_mask->ne);
             ggml_set_input(obj->sel_mask);
             ggml_set_name(obj->sel_mask, "adamas_sel_mask");

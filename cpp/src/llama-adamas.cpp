@@ -5,6 +5,7 @@
 #include "llama-adamas-kv.h"
 #include "llama-context.h"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -38,7 +39,9 @@ struct llama_adamas_params llama_adamas_default_params(void) {
     p.thr_k       = 1.0f;
     p.select_mode = LLAMA_ADAMAS_SELECT_HEAD;
     p.n_sink      = 0;
-    p.n_recent    = 0;
+    // the 16 newest tokens, taken inside the budget (a quarter of it at most): as fast (GPU -0.4-0.7%, CPU 0)
+    // and at least as accurate on SmolLM2 (passkey 19/20 vs 18/20 at 64), far better on Gemma 3 (accuracy §9)
+    p.n_recent    = LLAMA_ADAMAS_RECENT_AUTO;
     // a pool of 4 x budget by codes, the budget best of it by exact q.k (docs/accuracy.md §7): perplexity at
     // budget 256 from +2.0% to +0.4% over 2048 tokens, within 10% of the fastest pool's decode speed
     p.rerank      = 4;
@@ -65,16 +68,26 @@ const char * llama_adamas_params_check(const struct llama_adamas_params * p) {
         p->select_mode != LLAMA_ADAMAS_SELECT_EXACT) {
         return "select_mode must be LLAMA_ADAMAS_SELECT_HEAD (0), LLAMA_ADAMAS_SELECT_GROUP (1) or LLAMA_ADAMAS_SELECT_EXACT (2)";
     }
-    if (p->n_sink < 0 || p->n_recent < 0) {
-        return "n_sink and n_recent must be >= 0";
+    if (p->n_sink < 0 || (p->n_recent < 0 && p->n_recent != LLAMA_ADAMAS_RECENT_AUTO)) {
+        return "n_sink must be >= 0, n_recent >= 0 or LLAMA_ADAMAS_RECENT_AUTO (-1)";
     }
     if (p->rerank < 1 || (int64_t) p->rerank*p->budget > INT32_MAX) {
         return "rerank must be >= 1 (1: off), and rerank * budget must fit in 32 bits";
     }
-    if (p->budget > 0 && (int64_t) p->n_sink + p->n_recent > p->budget) {
+    if (p->budget > 0 && (int64_t) p->n_sink + std::max(p->n_recent, 0) > p->budget) {
         return "n_sink + n_recent must not exceed the budget (they are kept inside it)";
     }
     return nullptr;
+}
+
+int32_t llama_adamas_n_recent(const struct llama_adamas_params * p) {
+    if (!p || p->budget <= 0) {
+        return 0;
+    }
+    if (p->n_recent != LLAMA_ADAMAS_RECENT_AUTO) {
+        return p->n_recent;
+    }
+    return std::max(0, std::min({16, p->budget/4, p->budget - p->n_sink}));
 }
 
 int32_t llama_adamas_set(struct llama_context * ctx, const struct llama_adamas_params * p) {

@@ -89,6 +89,7 @@ LLAMA_ADAMAS_THR_RMS = 1
 LLAMA_ADAMAS_SELECT_HEAD = 0
 LLAMA_ADAMAS_SELECT_GROUP = 1
 LLAMA_ADAMAS_SELECT_EXACT = 2  # the reference: each head's true top budget by exact q.k (reads all of K)
+LLAMA_ADAMAS_RECENT_AUTO = -1  # n_recent: min(16, budget/4, budget - n_sink)
 
 
 class llama_adamas_params(ctypes.Structure):
@@ -102,7 +103,7 @@ class llama_adamas_params(ctypes.Structure):
         ("thr_k", ctypes.c_float),        # the same for keys, > 0
         ("select_mode", ctypes.c_int32),  # enum llama_adamas_select_mode
         ("n_sink", ctypes.c_int32),       # first tokens always kept (inside the budget)
-        ("n_recent", ctypes.c_int32),     # most recent tokens always kept (inside the budget)
+        ("n_recent", ctypes.c_int32),     # most recent tokens always kept (inside the budget); -1: AUTO
         ("rerank", ctypes.c_int32),       # 1: off; R > 1: a pool of R*budget by codes, the budget best by exact q.k
     ]
 
@@ -114,6 +115,7 @@ _ctx_p = llama_cpp.llama_cpp.llama_context_p_ctypes  # c_void_p
 _ADAMAS_SIGNATURES: dict = {
     "llama_adamas_default_params": ([], llama_adamas_params),
     "llama_adamas_params_check": ([llama_adamas_params_p], ctypes.c_char_p),
+    "llama_adamas_n_recent": ([llama_adamas_params_p], ctypes.c_int32),
     "llama_adamas_set": ([_ctx_p, llama_adamas_params_p], ctypes.c_int32),
     "llama_adamas_get": ([_ctx_p], llama_adamas_params),
     "llama_adamas_n_sparse_layers": ([_ctx_p], ctypes.c_int32),
@@ -148,6 +150,11 @@ def llama_adamas_params_check(p: llama_adamas_params) -> str | None:
     """None if p is valid, else the library's message saying what is wrong."""
     msg = _fn("llama_adamas_params_check")(ctypes.byref(p))
     return None if msg is None else msg.decode("utf-8", errors="replace")
+
+
+def llama_adamas_n_recent(p: llama_adamas_params) -> int:
+    """The recent tokens a step with p keeps (AUTO resolved)."""
+    return _fn("llama_adamas_n_recent")(ctypes.byref(p))
 
 
 def llama_adamas_set(ctx: int, p: llama_adamas_params) -> int:

@@ -20,6 +20,7 @@ THR_MODES = {"rms": _lib.LLAMA_ADAMAS_THR_RMS, "fixed": _lib.LLAMA_ADAMAS_THR_FI
 SELECT_MODES = {"group": _lib.LLAMA_ADAMAS_SELECT_GROUP, "head": _lib.LLAMA_ADAMAS_SELECT_HEAD,
                 "exact": _lib.LLAMA_ADAMAS_SELECT_EXACT}
 INT32_MAX = 2**31 - 1
+RECENT_AUTO = _lib.LLAMA_ADAMAS_RECENT_AUTO  # n_recent: min(16, budget/4, budget - n_sink)
 FLOAT_MAX = 3.4028234663852886e38  # the largest finite C float
 
 __all__ = ["AdamasParams", "THR_MODES", "SELECT_MODES"]
@@ -81,7 +82,8 @@ class AdamasParams:
               visible cell (equal logits: the better code rank); it reads all of K every step, so it is no
               faster than dense; rerank is not used; sink and recent tokens are kept first
     n_sink    the first n_sink tokens of the sequence are always attended (counted in the budget)
-    n_recent  the n_recent most recent tokens are always attended (counted in the budget)
+    n_recent  the n_recent most recent tokens are always attended (counted in the budget); RECENT_AUTO (-1,
+              the default): min(16, budget/4, budget - n_sink), `.recent` gives the count
     rerank    1: attend the budget nearest by code distance; R > 1 (default 4): the R*budget nearest are a
               pool, and the budget with the highest exact q.k among them are attended (sink and recent
               tokens are kept first, inside the budget)
@@ -98,7 +100,7 @@ class AdamasParams:
     thr_k: float = 1.0
     select: str = "head"
     n_sink: int = 0
-    n_recent: int = 0
+    n_recent: int = _lib.LLAMA_ADAMAS_RECENT_AUTO
     rerank: int = 4
 
     def __post_init__(self) -> None:
@@ -112,9 +114,9 @@ class AdamasParams:
         put("thr_k", _threshold("thr_k", self.thr_k))
         put("select", _mode("select", self.select, SELECT_MODES))
         put("n_sink", _int("n_sink", self.n_sink, 0))
-        put("n_recent", _int("n_recent", self.n_recent, 0))
+        put("n_recent", _int("n_recent", self.n_recent, RECENT_AUTO, " (a count of tokens, or RECENT_AUTO = -1)"))
         put("rerank", _int("rerank", self.rerank, 1, " (1 = off)"))
-        if self.budget > 0 and self.n_sink + self.n_recent > self.budget:
+        if self.budget > 0 and self.n_recent != RECENT_AUTO and self.n_sink + self.n_recent > self.budget:
             raise ValueError(f"n_sink + n_recent ({self.n_sink} + {self.n_recent} = "
                              f"{self.n_sink + self.n_recent}) must not exceed budget ({self.budget}): sink "
                              "and recent tokens are attended inside the budget")
@@ -122,6 +124,11 @@ class AdamasParams:
         msg = _lib.llama_adamas_params_check(self.to_c())
         if msg is not None:
             raise ValueError(f"invalid Adamas parameters: {msg}")
+
+    @property
+    def recent(self) -> int:
+        """The recent tokens a step keeps (RECENT_AUTO resolved by the library)."""
+        return _lib.llama_adamas_n_recent(self.to_c())
 
     @property
     def dense(self) -> bool:
@@ -156,5 +163,7 @@ class AdamasParams:
         return cls.from_c(_lib.llama_adamas_default_params())
 
     def __str__(self) -> str:
-        return " ".join(f"{f.name}={getattr(self, f.name):g}" if isinstance(getattr(self, f.name), float)
-                        else f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        def val(name: str) -> str:
+            v = getattr(self, name)
+            return f"{v:g}" if isinstance(v, float) else "auto" if name == "n_recent" and v == RECENT_AUTO else str(v)
+        return " ".join(f"{f.name}={val(f.name)}" for f in dataclasses.fields(self))

@@ -112,6 +112,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
                     out[f] = float(val)
                 except ValueError:
                     raise EvalError(f"variant {spec!r}: {key}={val!r} is not a number") from None
+            elif f == "n_recent" and val == "auto":
+                out[f] = -1  # LLAMA_ADAMAS_RECENT_AUTO
             elif f == "n_recent" and val.endswith("%"):
                 try:
                     pct = float(val[:-1])

@@ -69,8 +69,8 @@ class AdamasModelSettings(_FromArgumentsOnly, ModelSettings):
     select: Literal["group", "head", "exact"] = Field(default=_D.select, description="Token selection per "
                                                       "KV head (group), per query head (head), or exact.")
     n_sink: int = Field(default=_D.n_sink, ge=0, description="First tokens always attended, in the budget.")
-    n_recent: int = Field(default=_D.n_recent, ge=0, description="Recent tokens always attended, in the "
-                                                                  "budget.")
+    n_recent: int = Field(default=_D.n_recent, ge=-1, description="Recent tokens always attended, in the "
+                                                                   "budget; -1 = auto, min(16, budget/4).")
     rerank: int = Field(default=_D.rerank, ge=1, description="Rerank a pool of rerank x budget tokens by "
                                                              "exact q.k; 1 = off.")
 

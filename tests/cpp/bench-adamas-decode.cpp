@@ -19,7 +19,7 @@
 // servers' devices are the model's whole device list (llama_model_params.devices): no local GPU takes layers.
 //
 // usage: bench-adamas-decode -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head]
-//        [--rerank 1,4] [--recent 0,16] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]
+//        [--rerank 1,4] [--recent 0,16,-1] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]
 // -t: CPU threads for decode and prefill (both n_threads and n_threads_batch; default: llama's, 4)
 // (the other Adamas parameters are the library defaults; --select, --rerank and --recent default to the library's too;
 // every budget > 0 runs with every --rerank and --recent value, every depth with every -np value)
@@ -145,7 +145,7 @@ int main(int argc, char ** argv) {
         else if (a == "--chunk") chunk = atoi(next());
         else if (a == "-t") n_threads = atoi(next());
         else if (a == "--rpc") rpc_servers = next();
-        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [--recent 0,16] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s -m MODEL [-d 8192,32768] [-b 0,64,256] [-n 64] [-r 3] [-ngl 99] [--select group|head] [--rerank 1,4] [--recent 0,16,-1] [-np 1,4] [-kvu] [--mixed P] [--chunk 32] [-t N] [--rpc HOST:PORT[,...]]\n", argv[0]); return 2; }
     }
     if (model.empty() || n_gen <= 0 || reps <= 0) { fprintf(stderr, "-m MODEL is required; -n and -r must be > 0\n"); return 2; }
     for (long np : nps) {
@@ -157,7 +157,7 @@ int main(int argc, char ** argv) {
         if (r < 1) { fprintf(stderr, "--rerank values must be >= 1\n"); return 2; }
     }
     for (long r : recents) {
-        if (r < 0) { fprintf(stderr, "--recent values must be >= 0\n"); return 2; }
+        if (r < LLAMA_ADAMAS_RECENT_AUTO) { fprintf(stderr, "--recent values must be >= 0, or -1 (auto)\n"); return 2; }
     }
     // the settings timed: (budget, rerank, recent), dense once
     using cfg_t = std::tuple<long, long, long>;
@@ -283,7 +283,7 @@ int main(int argc, char ** argv) {
             const long b = std::get<0>(cfg);
             double m, sd; mean_sd(tps[cfg], m, sd);
             // the rerank column names recent tokens too when some are kept (the table keeps its columns)
-            const std::string sel = b > 0 ? std::to_string(std::get<1>(cfg)) + (std::get<2>(cfg) > 0 ? ", recent " + std::to_string(std::get<2>(cfg)) : "") : "";
+            const std::string sel = b > 0 ? std::to_string(std::get<1>(cfg)) + (std::get<2>(cfg) == LLAMA_ADAMAS_RECENT_AUTO ? std::string(", recent auto") : std::get<2>(cfg) > 0 ? ", recent " + std::to_string(std::get<2>(cfg)) : "") : "";
             const std::string load = std::to_string(n_dec) + " x " + std::to_string(depth) +
                                      (n_pre ? " + " + std::to_string(n_pre) + " prefilling" : "");
             printf("| %s | %ld | %s | %ld | %s | %.2f | %.2f | %s | %ld |\n", name, depth, load.c_str(), b, sel.c_str(),

@@ -461,7 +461,8 @@ int main(int argc, char ** argv) {
             CHECK(big == dense2 && steps == 0, "%s cache: budget >= context: %lld sparse steps, logits vs dense: max rel diff %g",
                   kind, (long long) steps, max_rel_diff(big, dense2));
 
-            llama_adamas_params p = def; p.budget = 64;
+            // recent tokens fixed (not auto: that grows with the budget and reorders the attended cells' sum)
+            llama_adamas_params p = def; p.budget = 64; p.n_recent = 8;
             select_nodes sel;
             const std::vector<float> sp = pair(unified, p, other, true, &steps, &sel);
             if (servable) {

@@ -30,6 +30,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports `cat` when the reade
 
 N_GPU_LAYERS = -1
 INT32_MAX = 2**31 - 1
+RECENT_AUTO = -1  # LLAMA_ADAMAS_RECENT_AUTO (here without loading the library for the flags)
 FLOAT_MAX = 3.4028234663852886e38  # the largest finite C float: the library keeps thresholds as floats
 
 
@@ -92,6 +93,11 @@ def int_type(lo: int, hi: Optional[int] = None, what: str = "") -> Callable[[str
             raise argparse.ArgumentTypeError(f"{v} is out of range: must be {rng}{what}")
         return v
     return parse
+
+
+def recent_type(s: str) -> int:
+    """--recent: a count of tokens, or auto (RECENT_AUTO: the library's min(16, budget/4))."""
+    return RECENT_AUTO if s == "auto" else int_type(0, INT32_MAX, " tokens, or auto")(s)
 
 
 def float_type(lo: float, hi: Optional[float] = None, lo_open: bool = False) -> Callable[[str], float]:
@@ -205,8 +211,9 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
     g.add_argument("--sink", type=int_type(0, INT32_MAX, " tokens"), default=D.n_sink, metavar="N",
                    help=f"always attend the first N tokens of the sequence, inside the budget "
                         f"(default: {D.n_sink})")
-    g.add_argument("--recent", type=int_type(0, INT32_MAX, " tokens"), default=D.n_recent, metavar="N",
-                   help=f"always attend the N most recent tokens, inside the budget (default: {D.n_recent})")
+    g.add_argument("--recent", type=recent_type, default=D.n_recent, metavar="N|auto",
+                   help="always attend the N most recent tokens, inside the budget; auto = min(16, budget/4) "
+                        "(default: auto)")
     g.add_argument("--rerank", type=int_type(1, INT32_MAX, ""), default=D.rerank, metavar="R",
                    help=f"R > 1: the R*budget nearest tokens by code distance are a pool, and the budget of "
                         f"them with the highest exact q.k are attended (--sink and --recent tokens are kept "
@@ -360,9 +367,10 @@ def adamas_params(args, parser: argparse.ArgumentParser, budget: Optional[int] =
     a bad combination is a usage error (one line, exit code 2)."""
     from ..adamas import AdamasParams
     budget = args.budget if budget is None else budget
-    if budget > 0 and args.sink + args.recent > budget:
-        parser.error(f"--sink {args.sink} and --recent {args.recent} keep {args.sink + args.recent} tokens, "
-                     f"more than --budget {budget}: they are attended inside the budget")
+    kept = args.sink + max(args.recent, 0)  # auto recent tokens fit in what the sinks leave
+    if budget > 0 and kept > budget:
+        what = f"--sink {args.sink}" + ("" if args.recent == RECENT_AUTO else f" and --recent {args.recent}")
+        parser.error(f"{what} keep {kept} tokens, more than --budget {budget}: they are attended inside the budget")
     try:
         return AdamasParams(budget=budget, n_dense=args.dense_layers, thr_mode=args.thr_mode,
                             thr_q=args.thr_q, thr_k=args.thr_k, select=args.select, n_sink=args.sink,
