@@ -689,6 +689,7 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
     const int64_t n_str = sel_mask->ne[3];
     const bool    f16   = sel_mask->type == GGML_TYPE_F16;
     const auto & sinfo = mctx->sinfos[mctx->i_cur];
+    const int32_t p_recent = llama_adamas_n_recent(&p); // AUTO resolved once for the step
     std::vector<std::pair<llama_pos, int64_t>> vis;
     std::vector<int64_t> forced;
     for (int64_t s = 0; s < n_str; ++s) {
@@ -718,7 +719,7 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
                 }
             }
             const int64_t n_sink   = std::min<int64_t>(p.n_sink, n);
-            const int64_t n_recent = std::min<int64_t>(llama_adamas_n_recent(&p), n);
+            const int64_t n_recent = std::min<int64_t>(p_recent, n);
             if (n == 0 || n_sink + n_recent >= n) {
                 for (int64_t c = 0; c < n_kv; ++c) {
                     if (visible(c)) {

@@ -116,10 +116,12 @@ class AdamasParams:
         put("n_sink", _int("n_sink", self.n_sink, 0))
         put("n_recent", _int("n_recent", self.n_recent, RECENT_AUTO, " (a count of tokens, or RECENT_AUTO = -1)"))
         put("rerank", _int("rerank", self.rerank, 1, " (1 = off)"))
-        if self.budget > 0 and self.n_recent != RECENT_AUTO and self.n_sink + self.n_recent > self.budget:
-            raise ValueError(f"n_sink + n_recent ({self.n_sink} + {self.n_recent} = "
-                             f"{self.n_sink + self.n_recent}) must not exceed budget ({self.budget}): sink "
-                             "and recent tokens are attended inside the budget")
+        # the library's rule: auto recent tokens fit in what the sinks leave, so they count as none here
+        if self.budget > 0 and self.n_sink + max(self.n_recent, 0) > self.budget:
+            kept = (f"n_sink ({self.n_sink})" if self.n_recent == RECENT_AUTO else
+                    f"n_sink + n_recent ({self.n_sink} + {self.n_recent} = {self.n_sink + self.n_recent})")
+            raise ValueError(f"{kept} must not exceed budget ({self.budget}): sink and recent tokens are "
+                             "attended inside the budget")
         # the final word is the library's: Python must never pass what llama_adamas_set would refuse
         msg = _lib.llama_adamas_params_check(self.to_c())
         if msg is not None:

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .adamas import AdamasParams
+from .adamas import RECENT_AUTO, AdamasParams
 
 # the paper's passkey generator (landmark attention's): filler, the key line at a depth, the question
 PASSKEY_TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -113,7 +113,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
                 except ValueError:
                     raise EvalError(f"variant {spec!r}: {key}={val!r} is not a number") from None
             elif f == "n_recent" and val == "auto":
-                out[f] = -1  # LLAMA_ADAMAS_RECENT_AUTO
+                out[f] = RECENT_AUTO
             elif f == "n_recent" and val.endswith("%"):
                 try:
                     pct = float(val[:-1])
