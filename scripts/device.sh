@@ -10,8 +10,9 @@
 #   scripts/device.sh kab       there: kernel A/B in one run: HARNESS (default .device/harness) `check 42 quick`, then
 #                               `bench` of HARNESS_OLD (a binary of an earlier revision, if given), of HARNESS with
 #                               GGML_CUDA_PDL=0 and of HARNESS as built ($LOG/bench-ab.md)
-#   scripts/device.sh ncu       there: Nsight Compute on the harness's rerank kernels (`one` at 32K MHA, pool 256 -> 64):
-#                               the source-level stall reasons ($LOG/ncu-rerank.txt) that three missed guesses lacked
+#   scripts/device.sh ncu       there: Nsight Compute on the harness's rerank kernels (`one` at 32K MHA, pool 256 -> 64;
+#                               NCU_K: a kernel regex, e.g. adamas for all): details ($LOG/ncu-rerank.txt) and the
+#                               stall reasons per instruction (scripts/ncu_stalls.py: $LOG/ncu-stalls.txt)
 #   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90; SERVER=1:
 #                               with llama-server, for `load`; RPC=1: with ggml-rpc and rpc-server, for `rpc`)
 #   scripts/device.sh test      there: CTest (CPU and CUDA decode tests, test-backend-ops on every Adamas case)
@@ -30,7 +31,8 @@
 #                               (a) tiny random models (or $ADAMAS_MODEL) decode through it bitwise as local CUDA,
 #                               dense and budget 64 (scripts/rpc_device_check.py check: $LOG/rpc-check.md);
 #                               (b) the random 7B MHA at depth 32K, decode t/s local vs through it, budgets 0 and 64,
-#                               and the per-token cost of RPC ($LOG/rpc.md). DEVICE=CPU (with BUILD=the build dir,
+#                               and the per-token cost of RPC ($LOG/rpc.md; RPC_BENCH=0: (a) only). CUDA's op fusion
+#                               off on both sides (RPC_FUSION=1: on). DEVICE=CPU (with BUILD=the build dir,
 #                               RPC_MODEL=a small GGUF, RPC_DEPTH=256) runs the same on a CPU-only machine
 #
 # Logs go to $OUT when it is set (the device tool brings that folder back).
@@ -76,10 +78,15 @@ kernels)
     ;;
 ncu)
     H=${HARNESS:-$BUNDLE/harness}
-    # --clock-control none: the clocks the op runs at; one launch of each kernel (the harness's `one` runs select + attention once)
-    timeout 300 ncu --clock-control none --set full --import-source yes -k regex:"adamas_attn_(score|rerank)" \
-        $H one 32768 32 256 head 0 0 0 64 > "$LOG/ncu-rerank.txt" 2>&1 || true
-    grep -E "adamas_attn|Duration|Warp Cycles Per Issued|Stall|Issue Slots Busy" "$LOG/ncu-rerank.txt" | head -60
+    # --clock-control none: the clocks the op runs at; one launch of each kernel (the harness's `one` runs select +
+    # attention once); NCU_K: the kernels (a regex); the report's details and its per-line source view (stall reasons)
+    timeout 300 ncu --clock-control none --set full --import-source yes -k regex:"${NCU_K:-adamas_attn_(score|rerank)}" \
+        -f -o /tmp/ncu-adamas $H one 32768 32 256 head 0 0 0 64 > "$LOG/ncu-run.txt" 2>&1 || true
+    ncu -i /tmp/ncu-adamas.ncu-rep --page details > "$LOG/ncu-rerank.txt" 2>&1 || true
+    ncu -i /tmp/ncu-adamas.ncu-rep --page source --csv --print-source cuda,sass > "$LOG/ncu-source.csv" 2>&1 \
+        || ncu -i /tmp/ncu-adamas.ncu-rep --page source --csv --print-source sass > "$LOG/ncu-source.csv" 2>&1 || true
+    grep -E "adamas_|Duration|Warp Cycles Per Issued|Issue Slots Busy|Achieved Occupancy" "$LOG/ncu-rerank.txt" | head -40
+    $PY scripts/ncu_stalls.py "$LOG/ncu-source.csv" 14 | tee "$LOG/ncu-stalls.txt"
     ;;
 build)
     $PY -m pip install -q --no-index --no-deps "$BUNDLE"/wheels/*.whl
@@ -179,6 +186,10 @@ rpc)
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
     DEV=${DEVICE:-CUDA0}; PORT=${RPC_PORT:-50052}; EP=127.0.0.1:$PORT
     [ "$DEV" = CPU ] && LOCAL=cpu || LOCAL=cuda
+    # CUDA fuses adjacent nodes within a graph split, and the RPC client splits where a local graph does not: with
+    # fusion on, dense itself differs from local by ~1e-4 through RPC (perf-notes). Off on both sides, the check is
+    # bitwise; RPC_FUSION=1 keeps upstream's default.
+    [ -n "${RPC_FUSION:-}" ] || export GGML_CUDA_DISABLE_FUSION=1
     $PY -c "import adamas_gguf._build_info as b; assert b.RPC, 'built without RPC: RPC=1 scripts/device.sh build'"
     # the server in the background, stopped (by its process id) however this ends
     $PY -m adamas_gguf rpc-server --host 127.0.0.1 --port $PORT --device $DEV > "$LOG/rpc-server.log" 2>&1 &
@@ -199,12 +210,14 @@ PYEOF
     [ "$LOCAL" = cpu ] || nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     rc=0
     $PY scripts/rpc_device_check.py check --server $EP --device $LOCAL ${CHECK_ARGS:-} 2>&1 | tee "$LOG/rpc-check.md" || rc=1
-    M=${RPC_MODEL:-/tmp/r7b.gguf}
-    [ -f $M ] || $PY models/random_llama.py $M --shape 7b-mha
-    $PY scripts/rpc_device_check.py bench --server $EP --bench $BUILD/tests/cpp/bench-adamas-decode --model $M \
-        --depth ${RPC_DEPTH:-32768} --budgets ${BUDGETS:-0,64} -n ${RPC_N:-64} --reps ${RPC_REPS:-3} \
-        --threads ${RPC_THREADS:-0} --out "$LOG/rpc.md" > /dev/null || rc=1
-    cat "$LOG/rpc.md"
+    if [ "${RPC_BENCH:-1}" != 0 ]; then # RPC_BENCH=0: the check alone
+        M=${RPC_MODEL:-/tmp/r7b.gguf}
+        [ -f $M ] || $PY models/random_llama.py $M --shape 7b-mha
+        $PY scripts/rpc_device_check.py bench --server $EP --bench $BUILD/tests/cpp/bench-adamas-decode --model $M \
+            --depth ${RPC_DEPTH:-32768} --budgets ${BUDGETS:-0,64} -n ${RPC_N:-64} --reps ${RPC_REPS:-3} \
+            --threads ${RPC_THREADS:-0} --out "$LOG/rpc.md" > /dev/null || rc=1
+        cat "$LOG/rpc.md"
+    fi
     kill -0 $SRV || { echo "FAIL: the rpc-server died"; rc=1; }
     exit $rc
     ;;

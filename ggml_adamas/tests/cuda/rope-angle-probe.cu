@@ -4,7 +4,7 @@
 // |(cos, sin) - (cos, sin)_exact| (the rotation's error in radians, about). "patched": rope.cu with patch 0009
 // (adamas-rope.cuh: the CPU's float iteration, cos/sin in double), and how many of its (cos, sin) pairs equal
 // the CPU's bit for bit.
-// nvcc -O3 -arch=sm_90 -use_fast_math -I ggml_adamas/src/ggml-cuda ggml_adamas/tests/cuda/rope-angle-probe.cu
+// nvcc -O3 -arch=sm_90 -use_fast_math ggml_adamas/tests/cuda/rope-angle-probe.cu
 #include <cmath>
 #include <cstdio>
 #include "adamas-rope.cuh"
