@@ -1,5 +1,7 @@
 #pragma once
-// adamas_gguf: RoPE angles computed as ggml-cpu computes them (patch 0009 on rope.cu).
+// adamas_gguf: RoPE angles computed as ggml-cpu computes them, for rope-angle-probe.cu. Patch 0009 put these
+// into rope.cu (2026-12-04) and was withdrawn: on SmolLM2 it moved the GPU's dense perplexity 1.1% away from the
+// CPU's (docs/perf-notes.md). Why it was wanted:
 //
 // ggml-cuda builds with -use_fast_math, so rope.cu's powf, cosf and sinf become the fast intrinsics; for
 // positions in the thousands their rotations are about 2.5x further from exact than the CPU's
