@@ -177,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     if not binary.is_file():
         ap.error(f"{binary}: no llama-server there; build it with `make server`")
     if a.model is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
-        from adamas_gguf import models
+        # the installed package (its libraries and model cache), not the source tree's: that holds no libraries
+        try:
+            from adamas_gguf import models
+        except ImportError as e:
+            ap.error(f"no model given and adamas_gguf is not installed for this Python ({e}): pass -m MODEL")
         a.model = models.default_model_path()
     n_vocab = read_n_vocab(a.model)
     prompts = random_prompts(a.clients, a.prompt_tokens, n_vocab, a.seed)
