@@ -85,8 +85,8 @@ ncu)
     ncu -i /tmp/ncu-adamas.ncu-rep --page details > "$LOG/ncu-rerank.txt" 2>&1 || true
     ncu -i /tmp/ncu-adamas.ncu-rep --page source --csv --print-source cuda,sass > "$LOG/ncu-source.csv" 2>&1 \
         || ncu -i /tmp/ncu-adamas.ncu-rep --page source --csv --print-source sass > "$LOG/ncu-source.csv" 2>&1 || true
-    grep -E "adamas_|Duration|Warp Cycles Per Issued|Issue Slots Busy|Achieved Occupancy" "$LOG/ncu-rerank.txt" | head -40
-    $PY scripts/ncu_stalls.py "$LOG/ncu-source.csv" 14 | tee "$LOG/ncu-stalls.txt"
+    grep -E "adamas_|Duration|Warp Cycles Per Issued|Issue Slots Busy|Achieved Occupancy" "$LOG/ncu-rerank.txt" | sed -n 1,40p # not head: SIGPIPE under pipefail
+    $PY scripts/ncu_stalls.py "$LOG/ncu-source.csv" --top 14 | tee "$LOG/ncu-stalls.txt"
     ;;
 build)
     $PY -m pip install -q --no-index --no-deps "$BUNDLE"/wheels/*.whl
