@@ -38,7 +38,8 @@ SHAPES = {s.name: s for s in (
     Shape("gqa8-d128", n_head=8, n_head_kv=1, head_dim=128),
     Shape("mha-d256", n_head=2, n_head_kv=2, head_dim=256, n_layer=3),
     Shape("gqa2-d80", n_head=4, n_head_kv=2, head_dim=80),  # head_dim not a power of two
-    Shape("swa-mha-d64", n_head=2, n_head_kv=2, head_dim=64, n_layer=8, swa=True),  # n_head*head_dim = n_embd
+    # global layers 3, 7, 11, 15: the first two dense (n_dense counts full-attention layers), two sparse
+    Shape("swa-mha-d64", n_head=2, n_head_kv=2, head_dim=64, n_layer=16, swa=True),  # n_head*head_dim = n_embd
 )}
 
 CHARS = [chr(c) for c in range(0x21, 0x7F)]

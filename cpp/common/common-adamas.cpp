@@ -89,7 +89,7 @@ std::vector<common_arg> common_adamas_args() {
             "Adamas sparse attention: tokens attended per head in a decode step (0 = dense, Adamas off; "
             "needs flash attention; prefill and contexts within the budget stay dense) (default: %d)", d.budget),
             keep<COMMON_ADAMAS_BUDGET>),
-        opt(COMMON_ADAMAS_DENSE_LAYERS, "N", string_format("the first N layers stay dense (default: %d)", d.n_dense),
+        opt(COMMON_ADAMAS_DENSE_LAYERS, "N", string_format("the first N full-attention layers stay dense; sliding-window layers do not count (default: %d)", d.n_dense),
             keep<COMMON_ADAMAS_DENSE_LAYERS>),
         opt(COMMON_ADAMAS_THR_MODE, "{rms,fixed}", string_format(
             "bucket thresholds of the 2-bit codes: rms = --adamas-thr-q/-k times each transformed vector's RMS, "

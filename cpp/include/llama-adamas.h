@@ -1,9 +1,9 @@
 // adamas_gguf: Adamas sparse attention for llama.cpp. Plain C API, exported by libllama.
 //
 // A context decodes with Adamas once llama_adamas_set() gives it a budget > 0: at each decode step (one
-// token per sequence), every layer from `n_dense` on ranks the cached tokens by the L1 distance between
-// 2-bit codes of the Hadamard-transformed query and keys (ggml-adamas.h) and attends over the `budget`
-// nearest only. Prefill, and any step whose visible context fits in the budget, stay dense and exact.
+// token per sequence), every full-attention layer past the first `n_dense` ranks the cached tokens by the L1
+// distance between 2-bit codes of the Hadamard-transformed query and keys (ggml-adamas.h) and attends over
+// the `budget` nearest only. Prefill, and any step whose visible context fits in the budget, stay dense and exact.
 // llama_context_params is left as upstream has it (llama-cpp-python mirrors its layout).
 #pragma once
 
@@ -35,7 +35,8 @@ enum llama_adamas_select_mode {
 
 struct llama_adamas_params {
     int32_t budget;       // tokens attended per head in a sparse step; 0 = dense (Adamas off)
-    int32_t n_dense;      // the first n_dense layers stay dense (default 2)
+    int32_t n_dense;      // the first n_dense layers stay dense (default 2); layers of a sliding window do
+                          // not count (an iSWA model's first n_dense full-attention layers stay dense)
     int32_t thr_mode;     // enum llama_adamas_thr_mode
     float   thr_q;        // threshold (FIXED) or RMS factor (RMS) for queries, > 0
     float   thr_k;        // the same for keys, > 0

@@ -415,15 +415,16 @@ const char * llama_adamas_kv::unavailable_reason(const llama_context * lctx) {
     if (!kv->adamas.reason.empty()) {
         return kv->adamas.reason.c_str();
     }
-    // the first layer's reason, unless some layer past n_dense can run sparse (layers split over devices, some
-    // of which lack the Adamas ops: see layer_reason for those)
+    // the first layer's reason, unless some layer past the first n_dense can run sparse (layers split over
+    // devices, some of which lack the Adamas ops: see layer_reason for those)
     const int32_t n_dense = lctx->get_cparams().adamas.n_dense;
     static thread_local std::string msg;
     msg.clear();
-    for (const auto & layer : kv->layers) {
+    for (size_t i = 0; i < kv->layers.size(); ++i) {
+        const auto & layer = kv->layers[i];
         const char * why = layer.c ? adamas_cache_reason(lctx->get_model(), lctx->get_cparams(), kv->hparams, layer.il, layer.c, layer.k, layer.v)
                                    : adamas_layer_reason(kv->hparams, layer.il);
-        if (!why && (int32_t) layer.il >= n_dense) {
+        if (!why && (int32_t) i >= n_dense) {
             return nullptr;
         }
         if (why && msg.empty()) {
@@ -440,8 +441,9 @@ int32_t llama_adamas_kv::n_sparse_layers(const llama_context * lctx) {
     }
     const auto * kv = kv_of(lctx);
     int32_t n = 0;
-    for (const auto & layer : kv->layers) {
-        n += (int32_t) layer.il >= p.n_dense && adamas_layer_coded(lctx, kv->hparams, layer.il, layer.c, layer.k, layer.v);
+    for (size_t i = 0; i < kv->layers.size(); ++i) {
+        const auto & layer = kv->layers[i];
+        n += (int32_t) i >= p.n_dense && adamas_layer_coded(lctx, kv->hparams, layer.il, layer.c, layer.k, layer.v);
     }
     return n;
 }
@@ -465,8 +467,9 @@ const char * llama_adamas_kv::layer_reason(const llama_context * lctx, int32_t i
     if (!kv || kv->map_layer_ids.find(il) == kv->map_layer_ids.end()) {
         return "no KV-cache attention in this layer";
     }
-    if (il < p.n_dense) {
-        msg = "one of the first n_dense = " + std::to_string(p.n_dense) + " layers";
+    if ((int32_t) kv->map_layer_ids.at(il) < p.n_dense) {
+        msg = "one of the first n_dense = " + std::to_string(p.n_dense) + " layers" +
+              (hp.n_swa > 0 ? " that attend over the whole cache (sliding-window layers do not count)" : "");
         return msg.c_str();
     }
     if (const char * why = adamas_layer_reason(hp, il)) {
@@ -940,8 +943,8 @@ ggml_tensor * llama_adamas_kv::build_attn(
         }
     }
 
-    if (!ai->plan.sparse || il < p.n_dense) {
-        return nullptr;
+    if (!ai->plan.sparse || (int32_t) ikv->second < p.n_dense) {
+        return nullptr; // n_dense counts the cache's layers: the full-attention ones of an iSWA model
     }
     ai->n_sparse_layers++;
     const int64_t n_head = q_cur->ne[1];

@@ -97,7 +97,7 @@ class llama_adamas_params(ctypes.Structure):
 
     _fields_ = [
         ("budget", ctypes.c_int32),       # tokens attended per head in a sparse step; 0 = dense
-        ("n_dense", ctypes.c_int32),      # the first n_dense layers stay dense
+        ("n_dense", ctypes.c_int32),      # the first n_dense full-attention layers stay dense
         ("thr_mode", ctypes.c_int32),     # enum llama_adamas_thr_mode
         ("thr_q", ctypes.c_float),        # threshold (FIXED) or RMS factor (RMS) for queries, > 0
         ("thr_k", ctypes.c_float),        # the same for keys, > 0

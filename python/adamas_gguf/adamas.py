@@ -71,7 +71,7 @@ class AdamasParams:
     """The Adamas parameters of a context (see llama-adamas.h).
 
     budget    tokens attended per head in a sparse decode step; 0 = dense (Adamas off)
-    n_dense   the first n_dense layers stay dense
+    n_dense   the first n_dense layers stay dense (sliding-window layers do not count: they are never sparse)
     thr_mode  "rms": bucket thresholds at +-thr * the RMS of each Hadamard-transformed vector;
               "fixed": at +-thr (the paper uses 10)
     thr_q     threshold (fixed) or RMS factor (rms) for queries, > 0
@@ -108,7 +108,7 @@ class AdamasParams:
             object.__setattr__(self, name, value)  # frozen: normalize once, here
 
         put("budget", _int("budget", self.budget, 0, " (0 = dense)"))
-        put("n_dense", _int("n_dense", self.n_dense, 0, " (the number of first layers kept dense)"))
+        put("n_dense", _int("n_dense", self.n_dense, 0, " (the number of first full-attention layers kept dense)"))
         put("thr_mode", _mode("thr_mode", self.thr_mode, THR_MODES))
         put("thr_q", _threshold("thr_q", self.thr_q))
         put("thr_k", _threshold("thr_k", self.thr_k))

@@ -168,7 +168,8 @@ class Llama(llama_cpp.Llama):
     @property
     def adamas_layer_reasons(self) -> list:
         """Per layer, why it decodes dense with the current parameters (e.g. a sliding-window layer, which
-        attends to its window only, or one of the first n_dense layers), or None where it runs sparse."""
+        attends to its window only, or one of the first n_dense full-attention layers), or None where it
+        runs sparse."""
         ctx = self._ctx_ptr()
         return [_lib.llama_adamas_layer_reason(ctx, il) for il in range(llama_cpp.llama_model_n_layer(self.model))]
 
@@ -179,10 +180,9 @@ class Llama(llama_cpp.Llama):
         same Adamas); {} otherwise (the whole model dense: see adamas_unavailable_reason)."""
         if self.adamas_unavailable_reason is not None or self.adamas.dense:
             return {}
-        by_design = ("sliding-window layer", "no KV-cache attention in this layer")
-        n_dense = self.adamas.n_dense
+        by_design = ("sliding-window layer", "no KV-cache attention in this layer", "one of the first n_dense")
         return {il: r for il, r in enumerate(self.adamas_layer_reasons)
-                if r is not None and il >= n_dense and not r.startswith(by_design)}
+                if r is not None and not r.startswith(by_design)}
 
     def adamas_verify_codes(self) -> int:
         """For tests: re-encode every used cache cell's key on the CPU and count the stored code rows that

@@ -61,7 +61,7 @@ class AdamasModelSettings(_FromArgumentsOnly, ModelSettings):
     verbose: bool = Field(default=False, description="llama-cpp-python's messages on stderr.")
     budget: int = Field(default=_D.budget, ge=0, description="Tokens attended per head in a sparse decode "
                                                               "step; 0 = dense attention, Adamas off.")
-    n_dense: int = Field(default=_D.n_dense, ge=0, description="The first n_dense layers stay dense.")
+    n_dense: int = Field(default=_D.n_dense, ge=0, description="The first n_dense full-attention layers stay dense (sliding-window layers do not count).")
     thr_mode: Literal["rms", "fixed"] = Field(default=_D.thr_mode, description="Bucket thresholds of the "
                                               "2-bit codes: rms (times each vector's RMS) or fixed.")
     thr_q: float = Field(default=_D.thr_q, gt=0, description="Threshold (or RMS factor) for queries.")

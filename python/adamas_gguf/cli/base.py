@@ -182,9 +182,9 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
     is always run as the reference), otherwise one, 0 = dense (run, serve)."""
     from ..adamas import AdamasParams as D, SELECT_MODES, THR_MODES  # class attributes: the defaults
     g = p.add_argument_group(
-        "adamas", "Adamas sparse attention: at each decode step, the layers from --dense-layers on attend only\n"
-                  "the --budget cached tokens whose 2-bit Hadamard codes are nearest the query's. Prefill, and\n"
-                  "steps whose context fits in the budget, stay dense and exact.")
+        "adamas", "Adamas sparse attention: at each decode step, the full-attention layers past the first\n"
+                  "--dense-layers attend only the --budget cached tokens whose 2-bit Hadamard codes are nearest\n"
+                  "the query's. Prefill, and steps whose context fits in the budget, stay dense and exact.")
     if multi_budget:
         g.add_argument("--budget", type=int_type(1, INT32_MAX, " tokens"), nargs="+", required=True,
                        metavar="N", help="the budgets to evaluate, tokens attended per head in a sparse "
@@ -194,7 +194,8 @@ def add_adamas_args(p: argparse.ArgumentParser, multi_budget: bool) -> None:
                        help=f"tokens attended per head in a sparse decode step; 0 = dense attention, Adamas "
                             f"off (default: {D.budget})")
     g.add_argument("--dense-layers", type=int_type(0, INT32_MAX, " layers"), default=D.n_dense, metavar="N",
-                   help=f"the first N layers stay dense (default: {D.n_dense})")
+                   help=f"the first N full-attention layers stay dense; sliding-window layers do not count "
+                        f"(default: {D.n_dense})")
     g.add_argument("--thr-mode", choices=list(THR_MODES), default=D.thr_mode,
                    help=f"bucket thresholds of the 2-bit codes: rms = --thr-q/--thr-k times the RMS of each "
                         f"transformed vector; fixed = --thr-q/--thr-k themselves (the paper: 10) "
