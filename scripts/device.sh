@@ -83,8 +83,8 @@ ncu)
     timeout 300 ncu --clock-control none --set full --import-source yes -k regex:"${NCU_K:-adamas_attn_(score|rerank)}" \
         -f -o /tmp/ncu-adamas $H one 32768 32 256 head 0 0 0 64 > "$LOG/ncu-run.txt" 2>&1 || true
     ncu -i /tmp/ncu-adamas.ncu-rep --page details > "$LOG/ncu-rerank.txt" 2>&1 || true
-    ncu -i /tmp/ncu-adamas.ncu-rep --page source --csv --print-source cuda,sass > "$LOG/ncu-source.csv" 2>&1 \
-        || ncu -i /tmp/ncu-adamas.ncu-rep --page source --csv --print-source sass > "$LOG/ncu-source.csv" 2>&1 || true
+    # SASS only: the H100's ncu refused cuda,sass, and scripts/ncu_stalls.py reads the SASS view
+    ncu -i /tmp/ncu-adamas.ncu-rep --page source --csv --print-source sass > "$LOG/ncu-source.csv" 2>&1 || true
     grep -E "adamas_|Duration|Warp Cycles Per Issued|Issue Slots Busy|Achieved Occupancy" "$LOG/ncu-rerank.txt" | sed -n 1,40p # not head: SIGPIPE under pipefail
     $PY scripts/ncu_stalls.py "$LOG/ncu-source.csv" --top 14 | tee "$LOG/ncu-stalls.txt"
     ;;
