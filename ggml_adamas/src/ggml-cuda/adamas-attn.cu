@@ -96,6 +96,52 @@ static __device__ __forceinline__ void adamas_load_row(const char * row, int typ
     }
 }
 
+// the U slots [j0, j0 + U) of an index row (none past je: c = -1): cell indices, mask values and K rows (V rows too
+// with LOAD_V), the loads of all U cells in flight at once
+template <int E, int U, bool LOAD_V>
+static __device__ __forceinline__ void adamas_load_slots(const adamas_attn_args & a, const int32_t * sel, const char * mrow,
+        const char * kb, const char * vb, int j0, int je, int lane, int (&c)[U], float (&mv)[U], float (&kx)[U][E],
+        float (&vx)[U][E]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        c[u] = j0 + u < je ? sel[j0 + u] : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        mv[u] = 0.0f;
+        if (c[u] >= 0) {
+            if (mrow) {
+                mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
+            }
+            adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
+            if constexpr (LOAD_V) {
+                adamas_load_row<E>(vb + c[u]*a.vnb1, a.vt, lane*E, vx[u]);
+            }
+        }
+    }
+}
+
+// a rerank slot's exact logit, in the CPU's order of operations (scale, softcap, then the mask): the same in the
+// score kernel and the cluster kernel, so both keep the same cells; -INF for an empty or masked slot
+template <int E>
+static __device__ __forceinline__ float adamas_rr_logit(const float (&q)[E], const float (&kx)[E], float qk_scale,
+        float softcap, int c, float mv) {
+    float p = 0.0f;
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+        p += q[i]*kx[i];
+    }
+#pragma unroll
+    for (int o = WARP_SIZE/2; o > 0; o >>= 1) {
+        p += __shfl_xor_sync(0xFFFFFFFF, p, o);
+    }
+    p = __fmul_rn(p, qk_scale);
+    if (softcap != 0.0f) {
+        p = __fmul_rn(softcap, tanhf(p));
+    }
+    return c >= 0 && mv != -INFINITY ? __fadd_rn(p, mv) : -INFINITY;
+}
+
 template <int D, int NG>
 static __global__ void __launch_bounds__(ADAMAS_ATTN_NWARP*WARP_SIZE)
 adamas_attn_kernel(const adamas_attn_args a) {
@@ -156,22 +202,7 @@ adamas_attn_kernel(const adamas_attn_args a) {
         int   c[U];
         float mv[U];
         float kx[U][E], vx[U][E];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            c[u] = j0 + u < je ? sel[j0 + u] : -1;
-        }
-        // the mask, K and V loads of the U cells are independent: all in flight at once
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            mv[u] = 0.0f;
-            if (c[u] >= 0) {
-                if (mrow) {
-                    mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
-                }
-                adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
-                adamas_load_row<E>(vb + c[u]*a.vnb1, a.vt, lane*E, vx[u]);
-            }
-        }
+        adamas_load_slots<E, U, true>(a, sel, mrow, kb, vb, j0, je, lane, c, mv, kx, vx);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             if (mv[u] == -INFINITY) {
@@ -404,21 +435,8 @@ adamas_attn_score_kernel(const adamas_attn_args a) {
     for (int j0 = jb + warp*U; j0 < je; j0 += NWARP*U) {
         int   c[U];
         float mv[U];
-        float kx[U][E];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            c[u] = j0 + u < je ? sel[j0 + u] : -1;
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            mv[u] = 0.0f;
-            if (c[u] >= 0) {
-                if (mrow) {
-                    mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
-                }
-                adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
-            }
-        }
+        float kx[U][E], vx_unused[U][E];
+        adamas_load_slots<E, U, false>(a, sel, mrow, kb, nullptr, j0, je, lane, c, mv, kx, vx_unused);
 #pragma unroll
         for (int hh = 0; hh < NG; ++hh) {
             if (hh >= ng) {
@@ -426,22 +444,9 @@ adamas_attn_score_kernel(const adamas_attn_args a) {
             }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                float p = 0.0f;
-#pragma unroll
-                for (int i = 0; i < E; ++i) {
-                    p += q[hh][i]*kx[u][i];
-                }
-#pragma unroll
-                for (int o = WARP_SIZE/2; o > 0; o >>= 1) {
-                    p += __shfl_xor_sync(0xFFFFFFFF, p, o);
-                }
-                // the CPU's order of operations: scale, softcap, then the mask
-                p = __fmul_rn(p, qk_scale);
-                if (a.softcap != 0.0f) {
-                    p = __fmul_rn(a.softcap, tanhf(p));
-                }
+                const float l = adamas_rr_logit<E>(q[hh], kx[u], qk_scale, a.softcap, c[u], mv[u]);
                 if (lane == 0 && j0 + u < je) {
-                    lg[hh*P + j0 + u] = c[u] >= 0 && mv[u] != -INFINITY ? __fadd_rn(p, mv[u]) : -INFINITY;
+                    lg[hh*P + j0 + u] = l;
                 }
             }
         }
@@ -799,44 +804,10 @@ adamas_attn_rerank_cluster_kernel(const adamas_attn_args a) {
     int   c[U];
     float mv[U], lv[U];
     float kx[U][E], vx[U][E];
+    adamas_load_slots<E, U, true>(a, sel, mrow, kb, vb, j0, P, lane, c, mv, kx, vx);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-        c[u] = j0 + u < P ? sel[j0 + u] : -1;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        mv[u] = 0.0f;
-        if (c[u] >= 0) {
-            if (mrow) {
-                mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
-            }
-            adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
-            adamas_load_row<E>(vb + c[u]*a.vnb1, a.vt, lane*E, vx[u]);
-        } else {
-#pragma unroll
-            for (int i = 0; i < E; ++i) {
-                kx[u][i] = 0.0f;
-                vx[u][i] = 0.0f;
-            }
-        }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        float p = 0.0f;
-#pragma unroll
-        for (int i = 0; i < E; ++i) {
-            p += q[i]*kx[u][i];
-        }
-#pragma unroll
-        for (int o = WARP_SIZE/2; o > 0; o >>= 1) {
-            p += __shfl_xor_sync(0xFFFFFFFF, p, o);
-        }
-        // the CPU's order of operations: scale, softcap, then the mask
-        p = __fmul_rn(p, qk_scale);
-        if (a.softcap != 0.0f) {
-            p = __fmul_rn(a.softcap, tanhf(p));
-        }
-        lv[u] = c[u] >= 0 && mv[u] != -INFINITY ? __fadd_rn(p, mv[u]) : -INFINITY;
+        lv[u] = adamas_rr_logit<E>(q, kx[u], qk_scale, a.softcap, c[u], mv[u]);
         if (lane == 0) {
             lg_own[warp*U + u] = lv[u];
         }
