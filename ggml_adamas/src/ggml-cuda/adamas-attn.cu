@@ -739,7 +739,7 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
 // slots against the whole pool (the radix select's rule: the first n_lead finite slots, then the n_keep - n_lead
 // largest logits, ties to the earlier slot), softmax-sums its kept V rows, and block 0 merges the blocks' partials
 // in rank order. Against the two-kernel rerank it saves the score kernel's launch, the logits' global round trip
-// (the score kernel's stores drained at exit for 44% of its samples) and the V pass's dependent load (62% of the
+// (44% of the score kernel's samples carried ncu's "drain" reason) and the V pass's dependent load (62% of the
 // rerank block's samples waited at barriers, most after the V pass): docs/perf-notes.md, 2026-12-07.
 #define ADAMAS_RRC_MAX_CL 8 // the portable cluster size
 #define ADAMAS_RRC_NWARP  8
