@@ -36,6 +36,7 @@ struct adamas_attn_args {
     float   scale, softcap;
     int     n_split;                                       // blocks per index row
     int     n_keep, n_lead;                                // rerank (0 < n_keep < budget): see the header
+    bool    rr_cluster;                                    // rerank in one cluster launch where it serves (sm_90+)
     float * part;                                          // n_split > 1: [n_head*n_q*ns][n_split][D + 2]
     float * logits;                                        // rerank: [index row blocks*n_q*ns][NG][budget]
     float * dst;                                           // F32 [D, n_head, n_q, ns], contiguous
@@ -93,6 +94,52 @@ static __device__ __forceinline__ void adamas_load_row(const char * row, int typ
             }
         } break;
     }
+}
+
+// the U slots [j0, j0 + U) of an index row (none past je: c = -1): cell indices, mask values and K rows (V rows too
+// with LOAD_V), the loads of all U cells in flight at once
+template <int E, int U, bool LOAD_V>
+static __device__ __forceinline__ void adamas_load_slots(const adamas_attn_args & a, const int32_t * sel, const char * mrow,
+        const char * kb, const char * vb, int j0, int je, int lane, int (&c)[U], float (&mv)[U], float (&kx)[U][E],
+        float (&vx)[U][E]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        c[u] = j0 + u < je ? sel[j0 + u] : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        mv[u] = 0.0f;
+        if (c[u] >= 0) {
+            if (mrow) {
+                mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
+            }
+            adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
+            if constexpr (LOAD_V) {
+                adamas_load_row<E>(vb + c[u]*a.vnb1, a.vt, lane*E, vx[u]);
+            }
+        }
+    }
+}
+
+// a rerank slot's exact logit, in the CPU's order of operations (scale, softcap, then the mask): the same in the
+// score kernel and the cluster kernel, so both keep the same cells; -INF for an empty or masked slot
+template <int E>
+static __device__ __forceinline__ float adamas_rr_logit(const float (&q)[E], const float (&kx)[E], float qk_scale,
+        float softcap, int c, float mv) {
+    float p = 0.0f;
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+        p += q[i]*kx[i];
+    }
+#pragma unroll
+    for (int o = WARP_SIZE/2; o > 0; o >>= 1) {
+        p += __shfl_xor_sync(0xFFFFFFFF, p, o);
+    }
+    p = __fmul_rn(p, qk_scale);
+    if (softcap != 0.0f) {
+        p = __fmul_rn(softcap, tanhf(p));
+    }
+    return c >= 0 && mv != -INFINITY ? __fadd_rn(p, mv) : -INFINITY;
 }
 
 template <int D, int NG>
@@ -155,22 +202,7 @@ adamas_attn_kernel(const adamas_attn_args a) {
         int   c[U];
         float mv[U];
         float kx[U][E], vx[U][E];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            c[u] = j0 + u < je ? sel[j0 + u] : -1;
-        }
-        // the mask, K and V loads of the U cells are independent: all in flight at once
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            mv[u] = 0.0f;
-            if (c[u] >= 0) {
-                if (mrow) {
-                    mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
-                }
-                adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
-                adamas_load_row<E>(vb + c[u]*a.vnb1, a.vt, lane*E, vx[u]);
-            }
-        }
+        adamas_load_slots<E, U, true>(a, sel, mrow, kb, vb, j0, je, lane, c, mv, kx, vx);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             if (mv[u] == -INFINITY) {
@@ -403,21 +435,8 @@ adamas_attn_score_kernel(const adamas_attn_args a) {
     for (int j0 = jb + warp*U; j0 < je; j0 += NWARP*U) {
         int   c[U];
         float mv[U];
-        float kx[U][E];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            c[u] = j0 + u < je ? sel[j0 + u] : -1;
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            mv[u] = 0.0f;
-            if (c[u] >= 0) {
-                if (mrow) {
-                    mv[u] = a.mask_f16 ? __half2float(((const half *) mrow)[c[u]]) : ((const float *) mrow)[c[u]];
-                }
-                adamas_load_row<E>(kb + c[u]*a.knb1, a.kt, lane*E, kx[u]);
-            }
-        }
+        float kx[U][E], vx_unused[U][E];
+        adamas_load_slots<E, U, false>(a, sel, mrow, kb, nullptr, j0, je, lane, c, mv, kx, vx_unused);
 #pragma unroll
         for (int hh = 0; hh < NG; ++hh) {
             if (hh >= ng) {
@@ -425,22 +444,9 @@ adamas_attn_score_kernel(const adamas_attn_args a) {
             }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                float p = 0.0f;
-#pragma unroll
-                for (int i = 0; i < E; ++i) {
-                    p += q[hh][i]*kx[u][i];
-                }
-#pragma unroll
-                for (int o = WARP_SIZE/2; o > 0; o >>= 1) {
-                    p += __shfl_xor_sync(0xFFFFFFFF, p, o);
-                }
-                // the CPU's order of operations: scale, softcap, then the mask
-                p = __fmul_rn(p, qk_scale);
-                if (a.softcap != 0.0f) {
-                    p = __fmul_rn(a.softcap, tanhf(p));
-                }
+                const float l = adamas_rr_logit<E>(q[hh], kx[u], qk_scale, a.softcap, c[u], mv[u]);
                 if (lane == 0 && j0 + u < je) {
-                    lg[hh*P + j0 + u] = c[u] >= 0 && mv[u] != -INFINITY ? __fadd_rn(p, mv[u]) : -INFINITY;
+                    lg[hh*P + j0 + u] = l;
                 }
             }
         }
@@ -726,6 +732,252 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
     }
 }
 
+// Rerank in one launch (v10; per-head rows, pools up to ADAMAS_RRC_MAX_CL*ADAMAS_RRC_SLOTS(D)): a thread-block
+// cluster per index row and query, each block ADAMAS_RRC_SLOTS(D) slots of the pool. A block loads its slots'
+// mask, K and V rows together (V of every pool slot, not only the kept ones: no dependent V load after the
+// selection), scores them, and shares the logits through distributed shared memory; each block then ranks its own
+// slots against the whole pool (the radix select's rule: the first n_lead finite slots, then the n_keep - n_lead
+// largest logits, ties to the earlier slot), softmax-sums its kept V rows, and block 0 merges the blocks' partials
+// in rank order. Against the two-kernel rerank it saves the score kernel's launch, the logits' global round trip
+// (44% of the score kernel's samples carried ncu's "drain" reason) and the V pass's dependent load (62% of the
+// rerank block's samples waited at barriers, most after the V pass): docs/perf-notes.md, 2026-12-07.
+#define ADAMAS_RRC_MAX_CL 8 // the portable cluster size
+#define ADAMAS_RRC_NWARP  8
+#define ADAMAS_RRC_U(D)     ((D) <= 128 ? 8 : 4)                  // slots a warp holds in registers (K and V)
+#define ADAMAS_RRC_SLOTS(D) (ADAMAS_RRC_NWARP*ADAMAS_RRC_U(D))    // slots a block scores
+
+#if !defined(GGML_USE_HIP) && !defined(GGML_USE_MUSA) && defined(__CUDACC__) && CUDART_VERSION >= 12000
+#define ADAMAS_RRC_AVAILABLE
+#include <cooperative_groups.h>
+#endif
+
+template <int D>
+static __global__ void __launch_bounds__(ADAMAS_RRC_NWARP*WARP_SIZE)
+adamas_attn_rerank_cluster_kernel(const adamas_attn_args a) {
+#if defined(ADAMAS_RRC_AVAILABLE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    constexpr int E     = D/WARP_SIZE;
+    constexpr int U     = ADAMAS_RRC_U(D);
+    constexpr int S     = ADAMAS_RRC_SLOTS(D);
+    constexpr int NWARP = ADAMAS_RRC_NWARP;
+    constexpr int NT    = NWARP*WARP_SIZE;
+    constexpr int TPS   = NT/S;                                  // threads ranking one slot
+    static_assert(NT % S == 0 && TPS <= WARP_SIZE, "a slot's rankers share a warp");
+
+    cg::cluster_group cluster = cg::this_cluster();
+    const int rank = (int) cluster.block_rank();                // this block's slots: [rank*S, rank*S + S)
+    const int n_cl = (int) cluster.num_blocks();
+
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int tid  = threadIdx.x;
+    const int64_t h    = blockIdx.y;                            // query head = index row (per-head rows)
+    const int64_t kvh  = h / a.n_gqa;
+    const int64_t iq   = blockIdx.z % a.n_q;
+    const int64_t is   = blockIdx.z / a.n_q;
+    const int     P    = a.budget;                              // the pool
+    const int     jb   = rank*S;
+
+    __shared__ float lg_own[S];                                 // this block's logits, read by the whole cluster
+    __shared__ float lg_all[ADAMAS_RRC_MAX_CL*S];               // every slot's logit
+    __shared__ int   keep[S];
+    __shared__ float sm_w[NWARP];
+    __shared__ float sm_s[NWARP];
+    __shared__ float sm_acc[NWARP][D];
+    __shared__ float part_acc[D];                               // the block's partial: max, sum, V sum
+    __shared__ float part_ms[2];
+
+    const int32_t * sel  = (const int32_t *) (a.idx + h*a.inb1 + iq*a.inb2 + is*a.inb3);
+    const char *    mrow = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
+    const char *    kb   = a.k + kvh*a.knb2 + is*a.knb3;
+    const char *    vb   = a.v + kvh*a.vnb2 + is*a.vnb3;
+    const float qk_scale = a.softcap != 0.0f ? a.scale/a.softcap : a.scale;
+
+    float q[E];
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+        q[i] = ((const float *) (a.q + iq*a.qnb1 + h*a.qnb2 + is*a.qnb3))[lane*E + i];
+    }
+
+    // 1. each warp U slots: index, then mask, K and V together; the logits as the score kernel computes them
+    const int j0 = jb + warp*U;
+    int   c[U];
+    float mv[U], lv[U];
+    float kx[U][E], vx[U][E];
+    adamas_load_slots<E, U, true>(a, sel, mrow, kb, vb, j0, P, lane, c, mv, kx, vx);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        lv[u] = adamas_rr_logit<E>(q, kx[u], qk_scale, a.softcap, c[u], mv[u]);
+        if (lane == 0) {
+            lg_own[warp*U + u] = lv[u];
+        }
+    }
+    cluster.sync(); // every block's logits written and visible
+
+    // 2. the whole pool's logits, then each own slot's rank among the non-lead finite slots
+    for (int t = tid; t < P; t += NT) {
+        const float * src = cluster.map_shared_rank(lg_own, t / S);
+        lg_all[t] = src[t % S];
+    }
+    __syncthreads();
+    {
+        const int sl = tid / TPS;                               // own slot
+        const int part = tid % TPS;
+        const int j = jb + sl;
+        const float l = j < P ? lg_all[j] : -INFINITY;
+        const uint32_t kj = adamas_rr_key(l);
+        int r = 0;
+        if (l != -INFINITY && j >= a.n_lead) {
+            for (int i = part; i < P; i += TPS) {
+                if (i < a.n_lead) {
+                    continue;
+                }
+                const float li = lg_all[i];
+                const uint32_t ki = adamas_rr_key(li);
+                r += li != -INFINITY && (ki > kj || (ki == kj && i < j));
+            }
+        }
+#pragma unroll
+        for (int o = TPS/2; o > 0; o >>= 1) {
+            r += __shfl_xor_sync(0xFFFFFFFF, r, o);
+        }
+        if (part == 0) {
+            keep[sl] = l != -INFINITY && (j < a.n_lead || r < a.n_keep - a.n_lead);
+        }
+    }
+    __syncthreads();
+
+    // 3. the block's kept maximum, then each warp's softmax-weighted V sum, merged in warp order
+    float m = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        if (keep[warp*U + u]) {
+            m = fmaxf(m, lv[u]);
+        }
+    }
+    if (lane == 0) {
+        sm_w[warp] = m;
+    }
+    __syncthreads();
+    m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NWARP; ++w) {
+        m = fmaxf(m, sm_w[w]);
+    }
+    float s = 0.0f, acc[E];
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+        acc[i] = 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        if (keep[warp*U + u]) {
+            const float p = expf(lv[u] - m);
+            s += p;
+#pragma unroll
+            for (int i = 0; i < E; ++i) {
+                acc[i] += p*vx[u][i];
+            }
+        }
+    }
+    if (lane == 0) {
+        sm_s[warp] = s;
+    }
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+        sm_acc[warp][lane*E + i] = acc[i];
+    }
+    __syncthreads();
+    for (int d = tid; d < D; d += NT) {
+        float o = 0.0f;
+        for (int w = 0; w < NWARP; ++w) {
+            o += sm_acc[w][d];
+        }
+        part_acc[d] = o;
+    }
+    if (tid == 0) {
+        float S_ = 0.0f;
+        for (int w = 0; w < NWARP; ++w) {
+            S_ += sm_s[w];
+        }
+        part_ms[0] = m;
+        part_ms[1] = S_;
+    }
+    cluster.sync(); // every block's partial written and visible
+
+    // 4. block 0 merges the partials in rank order (the result does not depend on timing)
+    if (rank == 0) {
+        float M = -INFINITY;
+        for (int r = 0; r < n_cl; ++r) {
+            M = fmaxf(M, cluster.map_shared_rank(part_ms, r)[0]);
+        }
+        for (int d = tid; d < D; d += NT) {
+            float o = 0.0f, S_ = 0.0f;
+            if (M != -INFINITY) {
+                for (int r = 0; r < n_cl; ++r) {
+                    const float * pm = cluster.map_shared_rank(part_ms, r);
+                    if (pm[0] == -INFINITY) {
+                        continue;
+                    }
+                    const float f = expf(pm[0] - M);
+                    S_ += f*pm[1];
+                    o  += f*cluster.map_shared_rank(part_acc, r)[d];
+                }
+            }
+            const int64_t hq = h + a.n_head*(iq + a.n_q*is);
+            a.dst[d + D*hq] = M == -INFINITY ? 0.0f : o/S_;
+        }
+    }
+    cluster.sync(); // no block leaves while block 0 still reads its shared memory
+#else
+    (void) a;
+    __trap(); // never launched: adamas_attn_rerank_cluster_ok checks the compiled architecture first
+#endif
+}
+
+// whether the cluster rerank serves this launch: per-head rows, a pool the cluster holds, and a kernel compiled
+// for sm_90 or newer running on such a device (a build for older architectures JIT-compiled on Hopper would hold
+// the empty body)
+template <int D>
+static bool adamas_attn_rerank_cluster_ok(const adamas_attn_args & a) {
+#ifdef ADAMAS_RRC_AVAILABLE
+    if (!a.rr_cluster || !a.per_head || a.budget > ADAMAS_RRC_MAX_CL*ADAMAS_RRC_SLOTS(D)) {
+        return false;
+    }
+    static int ptx = -1; // per instantiation: the virtual architecture its code was generated for
+    if (ptx < 0) {
+        cudaFuncAttributes fa;
+        ptx = cudaFuncGetAttributes(&fa, adamas_attn_rerank_cluster_kernel<D>) == cudaSuccess ? fa.ptxVersion : 0;
+    }
+    return ptx >= 90;
+#else
+    (void) a;
+    return false;
+#endif
+}
+
+template <int D>
+static void adamas_attn_rerank_cluster_launch(const adamas_attn_args & a, cudaStream_t stream) {
+#ifdef ADAMAS_RRC_AVAILABLE
+    const int n_cl = (a.budget + ADAMAS_RRC_SLOTS(D) - 1)/ADAMAS_RRC_SLOTS(D);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim  = dim3((unsigned) n_cl, (unsigned) a.n_head, (unsigned) (a.n_q*a.ns));
+    cfg.blockDim = dim3(ADAMAS_RRC_NWARP*WARP_SIZE, 1, 1);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned) n_cl;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, adamas_attn_rerank_cluster_kernel<D>, a);
+#else
+    (void) a; (void) stream;
+#endif
+}
+
 // merges the splits of one (head, query, stream): grid n_head*n_q*ns, D threads
 template <int D>
 static __global__ void adamas_attn_combine_kernel(const adamas_attn_args a) {
@@ -768,6 +1020,12 @@ static bool adamas_attn_is_rerank(int budget, int n_keep) {
 
 template <int D, int NG>
 static void adamas_attn_rerank_launch_ng(const adamas_attn_args & a, cudaStream_t stream) {
+    if constexpr (NG == 1) {
+        if (adamas_attn_rerank_cluster_ok<D>(a)) {
+            adamas_attn_rerank_cluster_launch<D>(a, stream);
+            return;
+        }
+    }
     const size_t smem = adamas_attn_rerank_smem(D, NG, a.budget);
     const int64_t nx = a.per_head ? a.n_head : a.n_head_kv*a.n_hb;
     const dim3 grid((unsigned) nx, 1, (unsigned) (a.n_q*a.ns));
@@ -912,6 +1170,10 @@ void ggml_cuda_op_adamas_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst
     a.n_keep    = ggml_get_op_params_i32(dst, 2);
     a.n_lead    = ggml_get_op_params_i32(dst, 3);
     a.dst       = (float *) dst->data;
+    // GGML_CUDA_ADAMAS_RR_CLUSTER=0: the two-kernel rerank everywhere (as upstream's GGML_CUDA_* switches: for A/B runs)
+    static const bool rr_cluster_env = !(getenv("GGML_CUDA_ADAMAS_RR_CLUSTER") && atoi(getenv("GGML_CUDA_ADAMAS_RR_CLUSTER")) == 0);
+    a.rr_cluster = rr_cluster_env && GGML_CUDA_CC_IS_NVIDIA(ggml_cuda_info().devices[ctx.device].cc) &&
+                   ggml_cuda_info().devices[ctx.device].cc >= GGML_CUDA_CC_HOPPER;
     GGML_ASSERT(a.kt >= 0 && a.vt >= 0);
     GGML_ASSERT(a.n_q*a.ns <= 65535);
 

@@ -340,9 +340,21 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
 }
 
 // ---- attention ----
+// the rerank's cluster kernel (v10) where the device has clusters (sm_90+), unless ADAMAS_RR_OLD=1 asks for the
+// two-kernel path (score, then select + V)
+static bool harness_rr_cluster() {
+    static int v = -1;
+    if (v < 0) {
+        cudaDeviceProp p; CK(cudaGetDeviceProperties(&p, 0));
+        v = p.major >= 9 && !(getenv("ADAMAS_RR_OLD") && atoi(getenv("ADAMAS_RR_OLD")) != 0);
+    }
+    return v != 0;
+}
+
 struct attn_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool per_head; int kt; bool mask; float softcap;
                    int n_keep = 0, n_lead = 0;
-                   int stage = 0; };  // timing (rrablate): 0 the op; rerank: 1 score kernel, 2 rerank kernel, 3 rerank
+                   int stage = 0;     // timing (rrablate): 0 the op; rerank: 1 score kernel, 2 rerank kernel, 3 rerank
+                   int rr = -1; };    // rerank path: -1 the harness's default, 0 two kernels, 1 the cluster kernel
                                       // without the radix select, 4 without V loads, 5 without both; 6 an empty
                                       // kernel on the rerank kernel's grid, 7 on the score kernel's   // rerank: integer q and K, scale 1/8, so the logits are exact
 
@@ -447,6 +459,7 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
     a.n_head = nh; a.n_head_kv = ac.n_head_kv; a.n_gqa = ac.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_kv;
     a.scale = rr ? 0.125f : 1.0f/sqrtf((float) D); a.softcap = ac.softcap; a.dst = dout.p;
     a.n_keep = ac.n_keep; a.n_lead = ac.n_lead;
+    a.rr_cluster = ac.rr < 0 ? harness_rr_cluster() : ac.rr == 1;
     dbuf<float> dpart(std::max<int64_t>(1, adamas_attn_part_size(D, nh, n_q, 1, ac.budget, ac.n_keep))); a.part = dpart.p;
     dbuf<float> dlog(std::max<int64_t>(1, adamas_attn_logits_size(D, nh, ac.n_head_kv, ac.per_head, n_q, 1, ac.budget, ac.n_keep)));
     dlog.poison(); a.logits = dlog.p;
@@ -668,19 +681,19 @@ static int do_ablate() {
 // Where the rerank's time goes (D = 128, per-head rows, F16 K/V, pool -> kept): each kernel alone, the rerank kernel
 // with a stage left out, and empty kernels on the same grids (the launch and scheduling floor of a graph node).
 static int do_rrablate() {
-    printf("| n_kv | heads q/kv | pool -> kept | op | score | rerank | -radix | -V | -both | empty (rerank grid) | empty (score grid) |\n"
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("| n_kv | heads q/kv | pool -> kept | op (two kernels) | score | rerank | -radix | -V | -both | empty (rerank grid) | empty (score grid) | op (cluster) |\n"
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     struct shape { int n_kv, n_head_kv, pool, keep; };
     for (const shape sh : { shape{32768, 32, 256, 64}, shape{32768, 8, 256, 64}, shape{32768, 32, 1024, 256}, shape{8192, 32, 256, 64} }) {
         std::mt19937 rng(3);
-        float t[8];
-        for (int st = 0; st < 8; ++st) {
+        float t[9];
+        for (int st = 0; st < 9; ++st) { // 8: the op again, through the cluster kernel (pools it holds; else the same)
             attn_case ac = {128, sh.n_head_kv, 32/sh.n_head_kv, sh.n_kv, 1, sh.pool, true, ADAMAS_KV_F16, true, 0.0f};
-            ac.n_keep = sh.keep; ac.stage = st;
+            ac.n_keep = sh.keep; ac.stage = st == 8 ? 0 : st; ac.rr = st == 8 ? 1 : 0;
             run_attn(ac, rng, false, &t[st]);
         }
-        printf("| %d | 32/%d | %d -> %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", sh.n_kv, sh.n_head_kv, sh.pool, sh.keep,
-               t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+        printf("| %d | 32/%d | %d -> %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n", sh.n_kv, sh.n_head_kv, sh.pool, sh.keep,
+               t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]);
     }
     return 0;
 }
