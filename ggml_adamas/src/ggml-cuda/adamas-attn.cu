@@ -746,15 +746,10 @@ adamas_attn_rerank_kernel(const adamas_attn_args a) {
 #define ADAMAS_RRC_U(D)     ((D) <= 128 ? 8 : 4)                  // slots a warp holds in registers (K and V)
 #define ADAMAS_RRC_SLOTS(D) (ADAMAS_RRC_NWARP*ADAMAS_RRC_U(D))    // slots a block scores
 
-#if !defined(GGML_USE_HIP) && !defined(GGML_USE_MUSA) && defined(__CUDACC__) && CUDART_VERSION >= 12000
-#define ADAMAS_RRC_AVAILABLE
-#include <cooperative_groups.h>
-#endif
-
 template <int D>
 static __global__ void __launch_bounds__(ADAMAS_RRC_NWARP*WARP_SIZE)
 adamas_attn_rerank_cluster_kernel(const adamas_attn_args a) {
-#if defined(ADAMAS_RRC_AVAILABLE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(ADAMAS_CLUSTERS) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
     constexpr int E     = D/WARP_SIZE;
     constexpr int U     = ADAMAS_RRC_U(D);
@@ -940,16 +935,12 @@ adamas_attn_rerank_cluster_kernel(const adamas_attn_args a) {
 // the empty body)
 template <int D>
 static bool adamas_attn_rerank_cluster_ok(const adamas_attn_args & a) {
-#ifdef ADAMAS_RRC_AVAILABLE
+#ifdef ADAMAS_CLUSTERS
     if (!a.rr_cluster || !a.per_head || a.budget > ADAMAS_RRC_MAX_CL*ADAMAS_RRC_SLOTS(D)) {
         return false;
     }
-    static int ptx = -1; // per instantiation: the virtual architecture its code was generated for
-    if (ptx < 0) {
-        cudaFuncAttributes fa;
-        ptx = cudaFuncGetAttributes(&fa, adamas_attn_rerank_cluster_kernel<D>) == cudaSuccess ? fa.ptxVersion : 0;
-    }
-    return ptx >= 90;
+    static const bool compiled = adamas_cluster_compiled(adamas_attn_rerank_cluster_kernel<D>); // per instantiation
+    return compiled;
 #else
     (void) a;
     return false;
@@ -958,21 +949,10 @@ static bool adamas_attn_rerank_cluster_ok(const adamas_attn_args & a) {
 
 template <int D>
 static void adamas_attn_rerank_cluster_launch(const adamas_attn_args & a, cudaStream_t stream) {
-#ifdef ADAMAS_RRC_AVAILABLE
+#ifdef ADAMAS_CLUSTERS
     const int n_cl = (a.budget + ADAMAS_RRC_SLOTS(D) - 1)/ADAMAS_RRC_SLOTS(D);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim  = dim3((unsigned) n_cl, (unsigned) a.n_head, (unsigned) (a.n_q*a.ns));
-    cfg.blockDim = dim3(ADAMAS_RRC_NWARP*WARP_SIZE, 1, 1);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned) n_cl;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, adamas_attn_rerank_cluster_kernel<D>, a);
+    adamas_launch_cluster(adamas_attn_rerank_cluster_kernel<D>, dim3((unsigned) n_cl, (unsigned) a.n_head, (unsigned) (a.n_q*a.ns)),
+        dim3(ADAMAS_RRC_NWARP*WARP_SIZE, 1, 1), (unsigned) n_cl, stream, a);
 #else
     (void) a; (void) stream;
 #endif

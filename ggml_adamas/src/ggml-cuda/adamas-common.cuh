@@ -43,3 +43,35 @@ static void adamas_set_smem(K kernel, size_t smem) {
 static __device__ __forceinline__ uint32_t adamas_mask_bits(const void * row, bool f16, int64_t c) {
     return f16 ? (uint32_t) ((const uint16_t *) row)[c] : ((const uint32_t *) row)[c];
 }
+
+// Thread-block clusters (sm_90+, CUDA 12): the rerank's one-launch form (adamas-attn.cu). A kernel using them
+// compiles its body only for __CUDA_ARCH__ >= 900; adamas_cluster_compiled says whether the code the device runs
+// was generated for such an architecture (a build for older ones JIT-compiled on Hopper holds the empty body).
+#if !defined(GGML_USE_HIP) && !defined(GGML_USE_MUSA) && defined(__CUDACC__) && CUDART_VERSION >= 12000
+#define ADAMAS_CLUSTERS
+#include <cooperative_groups.h>
+
+template <typename K>
+static bool adamas_cluster_compiled(K kernel) {
+    cudaFuncAttributes fa;
+    return cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.ptxVersion >= 90;
+}
+
+// launches kernel on grid (x a multiple of cl) in clusters of cl blocks along x
+template <typename K, typename... Args>
+static void adamas_launch_cluster(K kernel, dim3 grid, dim3 block, unsigned cl, cudaStream_t stream, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim  = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cl;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+#endif
