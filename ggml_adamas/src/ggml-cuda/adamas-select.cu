@@ -435,38 +435,13 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
 
     // ranking: ascending keys = distance asc, then cell desc (keys are distinct)
     if (n_out <= (int) blockDim.x) {
-        // a candidate's rank is the number of smaller keys, counted by tps threads (as many as the block has for
-        // each) over strided shares, 8 loads in flight per trip: one thread walking all n_out keys waited on
-        // shared-memory latency every key (the emit took 11.2 us at pool 256 against 5.8 at 64, cold, H100)
-        int tps = 1;
-        while (tps < WARP_SIZE && 2*tps*n_out <= (int) blockDim.x) {
-            tps *= 2;
-        }
-        const int ci   = (int) threadIdx.x / tps;
-        const int part = (int) threadIdx.x % tps;
-        const unsigned long long key = ci < n_out ? keys[ci] : 0ull;
-        int rank = 0;
-        if (ci < n_out) {
-            int j = part;
-            for (; j + 7*tps < n_out; j += 8*tps) {
-                unsigned long long k[8];
-#pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                    k[u] = keys[j + u*tps];
-                }
-#pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                    rank += k[u] < key;
-                }
-            }
-            for (; j < n_out; j += tps) {
+        // one candidate per thread: its rank is the number of smaller keys
+        if ((int) threadIdx.x < n_out) {
+            const unsigned long long key = keys[threadIdx.x];
+            int rank = 0;
+            for (int j = 0; j < n_out; ++j) {
                 rank += keys[j] < key;
             }
-        }
-        for (int o = tps/2; o > 0; o >>= 1) { // tps lanes of one warp; every lane of the block takes part
-            rank += __shfl_xor_sync(0xFFFFFFFF, rank, o);
-        }
-        if (part == 0 && ci < n_out) {
             const int32_t j = (int32_t) ~(uint32_t) (key & 0xFFFFFFFFull);
             out[rank] = crow ? crow[j] : j;
         }
