@@ -8,9 +8,14 @@
 // rounding (flash attention's figure is the rounding baseline). Key codes written to the cache are checked at
 // the end with llama_adamas_verify_codes.
 //
+// With --perturb EPS[:SEED], the device context's post-RoPE queries and keys (the ROPE nodes named Qcur / Kcur)
+// are multiplied element by element by 1 + EPS*g, g standard normal from a seeded generator, before anything
+// reads them: how much a given relative error in q and k (the size of two backends' rounding differences) moves
+// the perplexity of dense and of sparse attention (run it with -ngl 0 to perturb the CPU against itself).
+//
 // usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref]
 //        [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload]
-//        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [-t 8]
+//        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [-t 8]
 // (--ops-threads: the CPU re-runs use N threads, so with -ngl 0 it shows whether an op's result depends on the
 // thread count; -t: the contexts' threads; --ref-threads: one reference context per thread count, whose spread
 // is the CPU's own rounding noise; --offset: the text's window starts that many tokens in; --no-kqv-offload:
@@ -29,6 +34,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -53,8 +59,28 @@ struct crosscheck {
     ggml_backend_t cpu = nullptr;
     int64_t step = 0;
     bool active = false;
+    bool ops = false;               // re-run the checked nodes on the CPU
+    double perturb = 0.0;           // relative noise on the post-RoPE q and k (0: none)
+    std::mt19937_64 rng;
     std::map<std::string, op_stats> stats;
 };
+
+static bool perturbed_node(const ggml_tensor * t) {
+    return t->op == GGML_OP_ROPE && t->type == GGML_TYPE_F32 &&
+           (strncmp(t->name, "Qcur", 4) == 0 || strncmp(t->name, "Kcur", 4) == 0);
+}
+
+// x *= 1 + eps*g for every element (a contiguous F32 tensor), written back before later nodes read it
+static void perturb_node(crosscheck & cc, ggml_tensor * t) {
+    GGML_ASSERT(ggml_is_contiguous(t));
+    std::vector<float> x(ggml_nelements(t));
+    ggml_backend_tensor_get(t, x.data(), 0, x.size()*sizeof(float));
+    std::normal_distribution<double> g(0.0, 1.0);
+    for (float & v : x) {
+        v = (float) (v*(1.0 + cc.perturb*g(cc.rng)));
+    }
+    ggml_backend_tensor_set(t, x.data(), 0, x.size()*sizeof(float));
+}
 
 static bool checked_op(const ggml_tensor * t) {
     switch (t->op) {
@@ -149,11 +175,18 @@ static void check_node(crosscheck & cc, ggml_tensor * node) {
 
 static bool eval_cb(ggml_tensor * t, bool ask, void * user) {
     auto & cc = *(crosscheck *) user;
-    if (!cc.active || !checked_op(t)) {
+    const bool chk = cc.ops && checked_op(t);
+    const bool prt = cc.perturb > 0.0 && perturbed_node(t);
+    if (!cc.active || !(chk || prt)) {
         return ask ? false : true;
     }
     if (!ask) {
-        check_node(cc, t);
+        if (chk) {
+            check_node(cc, t);
+        }
+        if (prt) {
+            perturb_node(cc, t);
+        }
     }
     return true;
 }
@@ -174,6 +207,8 @@ int main(int argc, char ** argv) {
     int n_tok = 1024, ngl = 99, ref_ngl = 0, n_threads = 8, ops_threads = 0, offset = 0;
     std::vector<int> ref_threads;
     bool ops = false, kqv_offload = true;
+    double perturb = 0.0;
+    unsigned long long perturb_seed = 1;
     llama_adamas_params ap = llama_adamas_default_params();
     ap.budget = 64;
     for (int i = 1; i < argc; i++) {
@@ -201,13 +236,20 @@ int main(int argc, char ** argv) {
         else if (a == "--n-dense") ap.n_dense = atoi(next());
         else if (a == "--no-kqv-offload") kqv_offload = false;
         else if (a == "--ops-threads") ops_threads = atoi(next());
+        else if (a == "--perturb") {
+            char * e = nullptr;
+            const char * v = next();
+            perturb = strtod(v, &e);
+            if (e == v || perturb < 0.0 || (*e != '\0' && *e != ':')) { fprintf(stderr, "bad --perturb %s\n", v); return 2; }
+            perturb_seed = *e == ':' ? strtoull(e + 1, nullptr, 10) : 1;
+        }
         else if (a == "--select") {
             const std::string m = next();
             ap.select_mode = m == "head" ? LLAMA_ADAMAS_SELECT_HEAD : m == "group" ? LLAMA_ADAMAS_SELECT_GROUP :
                              m == "exact" ? LLAMA_ADAMAS_SELECT_EXACT : -1;
         } else {
             fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref] [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload] "
-                            "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [-t 8]\n", argv[0]);
+                            "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [-t 8]\n", argv[0]);
             return 2;
         }
     }
@@ -223,6 +265,9 @@ int main(int argc, char ** argv) {
     llama_backend_init();
 
     crosscheck cc;
+    cc.ops = ops;
+    cc.perturb = perturb;
+    cc.rng.seed(perturb_seed);
     cc.cpu = ggml_backend_cpu_init();
     ggml_backend_cpu_set_n_threads(cc.cpu, ops_threads > 0 ? ops_threads : n_threads);
 
@@ -246,7 +291,7 @@ int main(int argc, char ** argv) {
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
         cp.n_threads = cp.n_threads_batch = sd.n_threads;
         cp.offload_kqv = kqv_offload;
-        if (ops && &sd == &sides[0]) {
+        if ((ops || perturb > 0.0) && &sd == &sides[0]) {
             cp.cb_eval = eval_cb;
             cp.cb_eval_user_data = &cc;
         }
@@ -280,7 +325,7 @@ int main(int argc, char ** argv) {
     int argmax_same = 0;
     for (int t = 0; t + 1 < (int) toks.size(); t++) {
         cc.step = t;
-        cc.active = ops;
+        cc.active = ops || perturb > 0.0;
         std::vector<const float *> logits;
         for (auto & sd : sides) {
             llama_batch b = llama_batch_get_one(&toks[t], 1);
@@ -302,8 +347,12 @@ int main(int argc, char ** argv) {
     }
 
     const int n_pred = (int) toks.size() - 1;
-    printf("budget %d, rerank %d, select %d, %d tokens, %d sparse layers\n", ap.budget, ap.rerank, ap.select_mode,
+    printf("budget %d, rerank %d, select %d, %d tokens, %d sparse layers", ap.budget, ap.rerank, ap.select_mode,
            n_pred + 1, llama_adamas_n_sparse_layers(sides[0].ctx));
+    if (perturb > 0.0) {
+        printf(", device q and k perturbed: eps %g, seed %llu", perturb, perturb_seed);
+    }
+    printf("\n");
     printf("| context | n_gpu_layers | threads | perplexity | vs device | sparse steps | codes off (verify_codes) |\n"
            "|---|---:|---:|---:|---:|---:|---:|\n");
     for (auto & sd : sides) {
