@@ -13,9 +13,15 @@
 // reads them: how much a given relative error in q and k (the size of two backends' rounding differences) moves
 // the perplexity of dense and of sparse attention (run it with -ngl 0 to perturb the CPU against itself).
 //
+// With --rope-cuda, the device context's Qcur / Kcur ROPE nodes are recomputed on the host with the angles CUDA's
+// rope.cu gets under -use_fast_math (theta = pos * __powf(theta_scale, i/2), then __sinf / __cosf, which scale the
+// angle to revolutions with a round-toward-zero multiply before the hardware sine; the sine of that is taken
+// exactly here, and __powf as float exp2(log2) correctly rounded: a lower bound of the GPU's error), so a CPU run
+// shows what CUDA's angles alone do to the perplexity (rope modes normal and NeoX, no YaRN, no frequency factors).
+//
 // usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref]
 //        [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload]
-//        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [-t 8]
+//        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [-t 8]
 // (--ops-threads: the CPU re-runs use N threads, so with -ngl 0 it shows whether an op's result depends on the
 // thread count; -t: the contexts' threads; --ref-threads: one reference context per thread count, whose spread
 // is the CPU's own rounding noise; --offset: the text's window starts that many tokens in; --no-kqv-offload:
@@ -61,6 +67,7 @@ struct crosscheck {
     bool active = false;
     bool ops = false;               // re-run the checked nodes on the CPU
     double perturb = 0.0;           // relative noise on the post-RoPE q and k (0: none)
+    bool   rope_cuda = false;       // Qcur / Kcur ROPE nodes recomputed with CUDA's fast-math angles
     std::mt19937_64 rng;
     std::map<std::string, op_stats> stats;
 };
@@ -173,10 +180,64 @@ static void check_node(crosscheck & cc, ggml_tensor * node) {
     ggml_free(ctx);
 }
 
+// CUDA's __sinf / __cosf: the angle in revolutions by a round-toward-zero float multiply, then the hardware sine
+// (taken exactly here)
+static float rz_revolutions(float x) {
+    const double r = (double) x*(double) 0.15915494309189535f; // the constant as CUDA has it (float)
+    float f = (float) r;
+    if (std::fabs((double) f) > std::fabs(r)) { // rounded away from zero: one float step back toward it
+        f = std::nextafter(f, 0.0f);
+    }
+    return f;
+}
+
+static void rope_cuda_node(ggml_tensor * t) {
+    const ggml_tensor * x   = t->src[0];
+    const ggml_tensor * pos = t->src[1];
+    const int32_t * op = (const int32_t *) t->op_params;
+    const int n_dims = op[1], mode = op[2];
+    float freq_base, freq_scale, ext_factor, attn_factor;
+    memcpy(&freq_base,   op + 5, sizeof(float));
+    memcpy(&freq_scale,  op + 6, sizeof(float));
+    memcpy(&ext_factor,  op + 7, sizeof(float));
+    memcpy(&attn_factor, op + 8, sizeof(float));
+    if ((mode != 0 && mode != GGML_ROPE_TYPE_NEOX) || ext_factor != 0.0f || t->src[2] || x->type != GGML_TYPE_F32 ||
+        !ggml_is_contiguous(x) || !ggml_is_contiguous(t)) {
+        fprintf(stderr, "--rope-cuda: %s has a rope this emulation does not cover\n", t->name);
+        exit(2);
+    }
+    const int64_t ne0 = x->ne[0], ne1 = x->ne[1], ne2 = x->ne[2];
+    std::vector<float> src(ggml_nelements(x)), dst(ggml_nelements(t));
+    std::vector<int32_t> p(pos->ne[0]);
+    ggml_backend_tensor_get(x, src.data(), 0, src.size()*sizeof(float));
+    ggml_backend_tensor_get(pos, p.data(), 0, p.size()*sizeof(int32_t));
+    ggml_backend_tensor_get(t, dst.data(), 0, dst.size()*sizeof(float)); // dimensions past n_dims stay as computed
+    const float theta_scale = powf(freq_base, -2.0f/n_dims); // on the host in rope.cu: an exact powf
+    for (int64_t i2 = 0; i2 < ne2; i2++) {
+        for (int64_t i1 = 0; i1 < ne1; i1++) {
+            const float * a = src.data() + (i2*ne1 + i1)*ne0;
+            float       * d = dst.data() + (i2*ne1 + i1)*ne0;
+            for (int64_t i0 = 0; i0 < n_dims; i0 += 2) {
+                const float y  = (float) (i0/2);
+                const float pw = (float) std::exp2((double) (y*(float) std::log2((double) theta_scale))); // __powf
+                const float theta = freq_scale*((float) p[i2]*pw);
+                const double rev = 2.0*M_PI*(double) rz_revolutions(theta);
+                const float c = (float) std::cos(rev)*attn_factor;
+                const float sn = (float) std::sin(rev)*attn_factor;
+                const int64_t j0 = mode == 0 ? i0 : i0/2, j1 = mode == 0 ? i0 + 1 : i0/2 + n_dims/2;
+                const float x0 = a[j0], x1 = a[j1];
+                d[j0] = x0*c - x1*sn;
+                d[j1] = x0*sn + x1*c;
+            }
+        }
+    }
+    ggml_backend_tensor_set(t, dst.data(), 0, dst.size()*sizeof(float));
+}
+
 static bool eval_cb(ggml_tensor * t, bool ask, void * user) {
     auto & cc = *(crosscheck *) user;
     const bool chk = cc.ops && checked_op(t);
-    const bool prt = cc.perturb > 0.0 && perturbed_node(t);
+    const bool prt = (cc.perturb > 0.0 || cc.rope_cuda) && perturbed_node(t);
     if (!cc.active || !(chk || prt)) {
         return ask ? false : true;
     }
@@ -184,7 +245,10 @@ static bool eval_cb(ggml_tensor * t, bool ask, void * user) {
         if (chk) {
             check_node(cc, t);
         }
-        if (prt) {
+        if (prt && cc.rope_cuda) {
+            rope_cuda_node(t);
+        }
+        if (prt && cc.perturb > 0.0) {
             perturb_node(cc, t);
         }
     }
@@ -209,6 +273,7 @@ int main(int argc, char ** argv) {
     bool ops = false, kqv_offload = true;
     double perturb = 0.0;
     unsigned long long perturb_seed = 1;
+    bool rope_cuda = false;
     llama_adamas_params ap = llama_adamas_default_params();
     ap.budget = 64;
     for (int i = 1; i < argc; i++) {
@@ -236,6 +301,7 @@ int main(int argc, char ** argv) {
         else if (a == "--n-dense") ap.n_dense = atoi(next());
         else if (a == "--no-kqv-offload") kqv_offload = false;
         else if (a == "--ops-threads") ops_threads = atoi(next());
+        else if (a == "--rope-cuda") rope_cuda = true;
         else if (a == "--perturb") {
             char * e = nullptr;
             const char * v = next();
@@ -249,7 +315,7 @@ int main(int argc, char ** argv) {
                              m == "exact" ? LLAMA_ADAMAS_SELECT_EXACT : -1;
         } else {
             fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref] [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload] "
-                            "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [-t 8]\n", argv[0]);
+                            "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [-t 8]\n", argv[0]);
             return 2;
         }
     }
@@ -267,6 +333,7 @@ int main(int argc, char ** argv) {
     crosscheck cc;
     cc.ops = ops;
     cc.perturb = perturb;
+    cc.rope_cuda = rope_cuda;
     cc.rng.seed(perturb_seed);
     cc.cpu = ggml_backend_cpu_init();
     ggml_backend_cpu_set_n_threads(cc.cpu, ops_threads > 0 ? ops_threads : n_threads);
@@ -291,7 +358,7 @@ int main(int argc, char ** argv) {
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
         cp.n_threads = cp.n_threads_batch = sd.n_threads;
         cp.offload_kqv = kqv_offload;
-        if ((ops || perturb > 0.0) && &sd == &sides[0]) {
+        if ((ops || perturb > 0.0 || rope_cuda) && &sd == &sides[0]) {
             cp.cb_eval = eval_cb;
             cp.cb_eval_user_data = &cc;
         }
@@ -325,7 +392,7 @@ int main(int argc, char ** argv) {
     int argmax_same = 0;
     for (int t = 0; t + 1 < (int) toks.size(); t++) {
         cc.step = t;
-        cc.active = ops || perturb > 0.0;
+        cc.active = ops || perturb > 0.0 || rope_cuda;
         std::vector<const float *> logits;
         for (auto & sd : sides) {
             llama_batch b = llama_batch_get_one(&toks[t], 1);
@@ -351,6 +418,9 @@ int main(int argc, char ** argv) {
            n_pred + 1, llama_adamas_n_sparse_layers(sides[0].ctx));
     if (perturb > 0.0) {
         printf(", device q and k perturbed: eps %g, seed %llu", perturb, perturb_seed);
+    }
+    if (rope_cuda) {
+        printf(", device RoPE with CUDA's fast-math angles");
     }
     printf("\n");
     printf("| context | n_gpu_layers | threads | perplexity | vs device | sparse steps | codes off (verify_codes) |\n"
