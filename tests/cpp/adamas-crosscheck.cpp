@@ -72,7 +72,8 @@ struct crosscheck {
     std::map<std::string, op_stats> stats;
 };
 
-static bool perturbed_node(const ggml_tensor * t) {
+// the post-RoPE query and key nodes, which --perturb and --rope-cuda rewrite
+static bool qk_rope_node(const ggml_tensor * t) {
     return t->op == GGML_OP_ROPE && t->type == GGML_TYPE_F32 &&
            (strncmp(t->name, "Qcur", 4) == 0 || strncmp(t->name, "Kcur", 4) == 0);
 }
@@ -237,7 +238,7 @@ static void rope_cuda_node(ggml_tensor * t) {
 static bool eval_cb(ggml_tensor * t, bool ask, void * user) {
     auto & cc = *(crosscheck *) user;
     const bool chk = cc.ops && checked_op(t);
-    const bool prt = (cc.perturb > 0.0 || cc.rope_cuda) && perturbed_node(t);
+    const bool prt = (cc.perturb > 0.0 || cc.rope_cuda) && qk_rope_node(t);
     if (!cc.active || !(chk || prt)) {
         return ask ? false : true;
     }
