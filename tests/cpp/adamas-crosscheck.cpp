@@ -19,9 +19,15 @@
 // exactly here, and __powf as float exp2(log2) correctly rounded: a lower bound of the GPU's error), so a CPU run
 // shows what CUDA's angles alone do to the perplexity (rope modes normal and NeoX, no YaRN, no frequency factors).
 //
+// With --compare, chosen nodes of the device graph are compared with the same nodes of the first reference graph
+// at every step (the two contexts decode the same tokens from their own caches, so this is the drift perplexity
+// sees): per layer, the relative L2 difference of the attention input norm, the post-RoPE q and k, the attention
+// output and the layer output, and the overlap of the selected cells (adamas_idx, per head, order ignored): where
+// the two backends part, and whether the selections part more than their inputs do.
+//
 // usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref]
 //        [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload]
-//        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [-t 8]
+//        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [-t 8]
 // (--ops-threads: the CPU re-runs use N threads, so with -ngl 0 it shows whether an op's result depends on the
 // thread count; -t: the contexts' threads; --ref-threads: one reference context per thread count, whose spread
 // is the CPU's own rounding noise; --offset: the text's window starts that many tokens in; --no-kqv-offload:
@@ -70,7 +76,140 @@ struct crosscheck {
     bool   rope_cuda = false;       // Qcur / Kcur ROPE nodes recomputed with CUDA's fast-math angles
     std::mt19937_64 rng;
     std::map<std::string, op_stats> stats;
+    bool compare = false;           // --compare: capture the compared nodes of the device and the reference
+    std::map<std::string, std::vector<uint8_t>> cap[2]; // this step's captures: [0] device, [1] reference
+    std::map<std::string, std::pair<double, double>> diff; // per node key: sum and max of the relative L2 difference
+    std::map<std::string, int64_t> n_diff;
 };
+
+static bool qk_rope_node(const ggml_tensor * t);
+
+// the callback's user data: the shared state and which context calls
+struct side_cb {
+    crosscheck * cc;
+    int side;   // 0: device, 1: the first reference, 2+: not captured
+};
+
+// the nodes --compare looks at: per layer the attention's input norm, the post-RoPE q and k, the attention output
+// (before the output projection), the layer output, the selection; then the final norm and the logits
+static bool compared_node(const ggml_tensor * t) {
+    static const char * names[] = { "attn_norm-", "kqv_out-", "l_out-", "adamas_idx-", "result_norm", "result_output" };
+    if (!ggml_is_contiguous(t)) {
+        return false;
+    }
+    if (qk_rope_node(t)) {
+        return true;
+    }
+    for (const char * n : names) {
+        if (strncmp(t->name, n, strlen(n)) == 0) {
+            return t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_I32;
+        }
+    }
+    return false;
+}
+
+// the key a node is compared under: its name, and its op where one name has several nodes (Qcur-5 is the
+// product, the reshape and the RoPE)
+static std::string compare_key(const ggml_tensor * t) {
+    return std::string(t->name) + "/" + ggml_op_desc(t);
+}
+
+static void capture_node(crosscheck & cc, int side, const ggml_tensor * t) {
+    GGML_ASSERT(ggml_is_contiguous(t));
+    auto & v = cc.cap[side][compare_key(t)];
+    v.resize(ggml_nbytes(t) + 2*sizeof(int64_t));
+    const int64_t shape[2] = { t->ne[0], t->type == GGML_TYPE_I32 ? 1 : 0 }; // row length; whether indices
+    memcpy(v.data(), shape, sizeof(shape));
+    ggml_backend_tensor_get(t, v.data() + sizeof(shape), 0, ggml_nbytes(t));
+}
+
+// after both contexts computed a step: F32 nodes by relative L2 difference, index rows by overlap (1 - the share of
+// the reference's valid cells the device also selected)
+static void compare_step(crosscheck & cc) {
+    for (auto & [key, a] : cc.cap[0]) {
+        auto it = cc.cap[1].find(key);
+        if (it == cc.cap[1].end() || it->second.size() != a.size()) {
+            continue;
+        }
+        int64_t shape[2];
+        memcpy(shape, a.data(), sizeof(shape));
+        const uint8_t * pa = a.data() + sizeof(shape);
+        const uint8_t * pb = it->second.data() + sizeof(shape);
+        const int64_t n = (int64_t) (a.size() - sizeof(shape))/4, n0 = shape[0];
+        double rel_sum = 0.0, rel_max = 0.0;
+        int64_t rows = 0;
+        for (int64_t r = 0; r*n0 < n; r++) {
+            double rel = 0.0;
+            if (shape[1]) {
+                std::vector<int32_t> x((const int32_t *) pa + r*n0, (const int32_t *) pa + (r + 1)*n0);
+                std::vector<int32_t> y((const int32_t *) pb + r*n0, (const int32_t *) pb + (r + 1)*n0);
+                x.erase(std::remove_if(x.begin(), x.end(), [](int32_t c) { return c < 0; }), x.end());
+                y.erase(std::remove_if(y.begin(), y.end(), [](int32_t c) { return c < 0; }), y.end());
+                std::sort(x.begin(), x.end());
+                std::sort(y.begin(), y.end());
+                std::vector<int32_t> both;
+                std::set_intersection(x.begin(), x.end(), y.begin(), y.end(), std::back_inserter(both));
+                rel = y.empty() ? 0.0 : 1.0 - (double) both.size()/y.size();
+            } else {
+                double d2 = 0.0, b2 = 0.0;
+                for (int64_t i = 0; i < n0; i++) {
+                    const double fa = ((const float *) pa)[r*n0 + i], fb = ((const float *) pb)[r*n0 + i];
+                    d2 += (fa - fb)*(fa - fb);
+                    b2 += fb*fb;
+                }
+                rel = std::sqrt(d2/std::max(b2, 1e-30));
+            }
+            rel_sum += rel;
+            rel_max = std::max(rel_max, rel);
+            rows++;
+        }
+        auto & d = cc.diff[key];
+        d.first  += rows ? rel_sum/rows : 0.0;
+        d.second  = std::max(d.second, rel_max);
+        cc.n_diff[key]++;
+    }
+    cc.cap[0].clear();
+    cc.cap[1].clear();
+}
+
+// the --compare table: a row per layer, a column per node kind (mean over steps of the mean over rows; max)
+static void print_compare(const crosscheck & cc) {
+    static const char * cols[][2] = { { "attn_norm-", "attn_norm" }, { "Qcur-", "q (post-RoPE)" }, { "Kcur-", "k (post-RoPE)" },
+                                      { "kqv_out-", "attention out" }, { "l_out-", "layer out" }, { "adamas_idx-", "selection: share not shared" } };
+    printf("\n| layer |");
+    for (auto & c : cols) printf(" %s |", c[1]);
+    printf("\n|---:|");
+    for (size_t i = 0; i < sizeof(cols)/sizeof(cols[0]); i++) printf("---:|");
+    printf("\n");
+    for (int il = 0; il < 1024; il++) {
+        std::string row = "| " + std::to_string(il) + " |";
+        bool any = false;
+        for (auto & c : cols) {
+            std::string cell = " |";
+            const std::string pre = c[0] + std::to_string(il) + "/";
+            for (auto & [key, d] : cc.diff) {
+                if (key.compare(0, pre.size(), pre) == 0 && (c[0][0] != 'Q' && c[0][0] != 'K' ? true : key.find("ROPE") != std::string::npos)) {
+                    char buf[64];
+                    snprintf(buf, sizeof(buf), " %.2e (max %.1e) |", d.first/cc.n_diff.at(key), d.second);
+                    cell = buf;
+                    any = true;
+                    break;
+                }
+            }
+            row += cell;
+        }
+        if (!any) {
+            if (il > 0) break;
+            continue;
+        }
+        printf("%s\n", row.c_str());
+    }
+    for (auto & [key, d] : cc.diff) {
+        if (key.compare(0, 6, "result") == 0) {
+            printf("%s: mean %.2e, max %.1e\n", key.c_str(), d.first/cc.n_diff.at(key), d.second);
+        }
+    }
+}
 
 // the post-RoPE query and key nodes, which --perturb and --rope-cuda rewrite
 static bool qk_rope_node(const ggml_tensor * t) {
@@ -236,13 +375,18 @@ static void rope_cuda_node(ggml_tensor * t) {
 }
 
 static bool eval_cb(ggml_tensor * t, bool ask, void * user) {
-    auto & cc = *(crosscheck *) user;
-    const bool chk = cc.ops && checked_op(t);
-    const bool prt = (cc.perturb > 0.0 || cc.rope_cuda) && qk_rope_node(t);
-    if (!cc.active || !(chk || prt)) {
+    const auto & sc = *(side_cb *) user;
+    auto & cc = *sc.cc;
+    const bool cmp = cc.compare && sc.side <= 1 && compared_node(t);
+    const bool chk = sc.side == 0 && cc.ops && checked_op(t);
+    const bool prt = sc.side == 0 && (cc.perturb > 0.0 || cc.rope_cuda) && qk_rope_node(t);
+    if (!cc.active || !(chk || prt || cmp)) {
         return ask ? false : true;
     }
     if (!ask) {
+        if (cmp && sc.side == 1) {
+            capture_node(cc, 1, t);
+        }
         if (chk) {
             check_node(cc, t);
         }
@@ -251,6 +395,9 @@ static bool eval_cb(ggml_tensor * t, bool ask, void * user) {
         }
         if (prt && cc.perturb > 0.0) {
             perturb_node(cc, t);
+        }
+        if (cmp && sc.side == 0) {
+            capture_node(cc, 0, t); // after --perturb / --rope-cuda rewrote it: what later nodes read
         }
     }
     return true;
@@ -274,7 +421,7 @@ int main(int argc, char ** argv) {
     bool ops = false, kqv_offload = true;
     double perturb = 0.0;
     unsigned long long perturb_seed = 1;
-    bool rope_cuda = false;
+    bool rope_cuda = false, compare = false;
     llama_adamas_params ap = llama_adamas_default_params();
     ap.budget = 64;
     for (int i = 1; i < argc; i++) {
@@ -303,6 +450,7 @@ int main(int argc, char ** argv) {
         else if (a == "--no-kqv-offload") kqv_offload = false;
         else if (a == "--ops-threads") ops_threads = atoi(next());
         else if (a == "--rope-cuda") rope_cuda = true;
+        else if (a == "--compare") compare = true;
         else if (a == "--perturb") {
             char * e = nullptr;
             const char * v = next();
@@ -316,12 +464,16 @@ int main(int argc, char ** argv) {
                              m == "exact" ? LLAMA_ADAMAS_SELECT_EXACT : -1;
         } else {
             fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref] [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload] "
-                            "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [-t 8]\n", argv[0]);
+                            "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [-t 8]\n", argv[0]);
             return 2;
         }
     }
     if (const char * why = llama_adamas_params_check(&ap)) {
         fprintf(stderr, "bad Adamas parameters: %s\n", why);
+        return 2;
+    }
+    if (compare && ref_ngl < 0) {
+        fprintf(stderr, "--compare needs a reference context\n");
         return 2;
     }
     if (model.empty() || text.empty()) {
@@ -335,12 +487,14 @@ int main(int argc, char ** argv) {
     cc.ops = ops;
     cc.perturb = perturb;
     cc.rope_cuda = rope_cuda;
+    cc.compare = compare;
     cc.rng.seed(perturb_seed);
     cc.cpu = ggml_backend_cpu_init();
     ggml_backend_cpu_set_n_threads(cc.cpu, ops_threads > 0 ? ops_threads : n_threads);
 
     struct side { std::string name; int ngl; int n_threads; llama_model * mdl = nullptr; llama_context * ctx = nullptr; double nll = 0.0; };
     std::vector<side> sides = { { "device", ngl, n_threads } };
+    side_cb cbs[2] = { { &cc, 0 }, { &cc, 1 } };
     if (ref_threads.empty()) {
         ref_threads.push_back(n_threads);
     }
@@ -359,9 +513,10 @@ int main(int argc, char ** argv) {
         cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
         cp.n_threads = cp.n_threads_batch = sd.n_threads;
         cp.offload_kqv = kqv_offload;
-        if ((ops || perturb > 0.0 || rope_cuda) && &sd == &sides[0]) {
+        const int si = (int) (&sd - &sides[0]);
+        if (((ops || perturb > 0.0 || rope_cuda) && si == 0) || (compare && si <= 1)) {
             cp.cb_eval = eval_cb;
-            cp.cb_eval_user_data = &cc;
+            cp.cb_eval_user_data = &cbs[si];
         }
         sd.ctx = llama_init_from_model(sd.mdl, cp);
         if (!sd.ctx || llama_adamas_set(sd.ctx, &ap) != 0) { fprintf(stderr, "context setup failed\n"); return 1; }
@@ -393,15 +548,18 @@ int main(int argc, char ** argv) {
     int argmax_same = 0;
     for (int t = 0; t + 1 < (int) toks.size(); t++) {
         cc.step = t;
-        cc.active = ops || perturb > 0.0 || rope_cuda;
         std::vector<const float *> logits;
         for (auto & sd : sides) {
+            cc.active = &sd == &sides[0] ? ops || perturb > 0.0 || rope_cuda || compare : compare && &sd == &sides[1];
             llama_batch b = llama_batch_get_one(&toks[t], 1);
             if (llama_decode(sd.ctx, b) != 0) { fprintf(stderr, "%s: decode failed at %d\n", sd.name.c_str(), t); return 1; }
             cc.active = false;
             const float * l = llama_get_logits_ith(sd.ctx, -1);
             sd.nll -= log_softmax_at(l, n_vocab, toks[t + 1]);
             logits.push_back(l);
+        }
+        if (compare) {
+            compare_step(cc);
         }
         if (logits.size() >= 2) {
             double d = 0.0;
@@ -443,6 +601,9 @@ int main(int argc, char ** argv) {
                    (long long) s.rows, s.max_rel, s.rows ? s.sum_rel/s.rows : 0.0, (long long) s.rows_off,
                    (long long) s.elems_off, (long long) s.elems, s.first_off.c_str());
         }
+    }
+    if (compare) {
+        print_compare(cc);
     }
     for (auto & sd : sides) {
         llama_free(sd.ctx);
