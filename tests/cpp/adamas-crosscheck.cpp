@@ -27,7 +27,7 @@
 //
 // usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref]
 //        [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload]
-//        [--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [-t 8]
+//        [--rerank 4] [--select head|group|exact] [--ops | --ops-all [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [-t 8]
 // (--ops-threads: the CPU re-runs use N threads, so with -ngl 0 it shows whether an op's result depends on the
 // thread count; -t: the contexts' threads; --ref-threads: one reference context per thread count, whose spread
 // is the CPU's own rounding noise; --offset: the text's window starts that many tokens in; --no-kqv-offload:
@@ -72,6 +72,7 @@ struct crosscheck {
     int64_t step = 0;
     bool active = false;
     bool ops = false;               // re-run the checked nodes on the CPU
+    bool ops_all = false;           // and upstream's RoPE, norms, GLU and products
     double perturb = 0.0;           // relative noise on the post-RoPE q and k (0: none)
     bool   rope_cuda = false;       // Qcur / Kcur ROPE nodes recomputed with CUDA's fast-math angles
     std::mt19937_64 rng;
@@ -229,12 +230,17 @@ static void perturb_node(crosscheck & cc, ggml_tensor * t) {
     ggml_backend_tensor_set(t, x.data(), 0, x.size()*sizeof(float));
 }
 
-static bool checked_op(const ggml_tensor * t) {
+static bool checked_op(const ggml_tensor * t, bool all, int64_t step) {
     switch (t->op) {
         case GGML_OP_ADAMAS_ENCODE: return t->view_src == nullptr; // a key write is a view of the codes: verify_codes checks those
         case GGML_OP_ADAMAS_SELECT:
         case GGML_OP_ADAMAS_ATTN:
         case GGML_OP_FLASH_ATTN_EXT: return true;
+        // --ops-all: upstream's ops around them too (the products every 64th step: each re-run copies its weight)
+        case GGML_OP_ROPE:
+        case GGML_OP_RMS_NORM:
+        case GGML_OP_GLU:        return all;
+        case GGML_OP_MUL_MAT:    return all && step % 64 == 0;
         default: return false;
     }
 }
@@ -243,6 +249,11 @@ static std::string op_label(const ggml_tensor * t) {
     if (t->op == GGML_OP_ADAMAS_ATTN) {
         return ((const int32_t *) t->op_params)[2] > 0 ? // n_keep: the rerank's
                 "ADAMAS_ATTN (rerank)" : "ADAMAS_ATTN";
+    }
+    if (t->op == GGML_OP_ROPE || t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_RMS_NORM) {
+        // which one: Qcur / Kcur, ffn_up, result_output, ... (the name without its layer)
+        const char * dash = strrchr(t->name, '-');
+        return std::string(ggml_op_name(t->op)) + " " + std::string(t->name, dash ? dash - t->name : strlen(t->name));
     }
     return ggml_op_name(t->op);
 }
@@ -378,7 +389,7 @@ static bool eval_cb(ggml_tensor * t, bool ask, void * user) {
     const auto & sc = *(side_cb *) user;
     auto & cc = *sc.cc;
     const bool cmp = cc.compare && sc.side <= 1 && compared_node(t);
-    const bool chk = sc.side == 0 && cc.ops && checked_op(t);
+    const bool chk = sc.side == 0 && cc.ops && checked_op(t, cc.ops_all, cc.step);
     const bool prt = sc.side == 0 && (cc.perturb > 0.0 || cc.rope_cuda) && qk_rope_node(t);
     if (!cc.active || !(chk || prt || cmp)) {
         return ask ? false : true;
@@ -418,7 +429,7 @@ int main(int argc, char ** argv) {
     std::string model, text;
     int n_tok = 1024, ngl = 99, ref_ngl = 0, n_threads = 8, ops_threads = 0, offset = 0;
     std::vector<int> ref_threads;
-    bool ops = false, kqv_offload = true;
+    bool ops = false, ops_all = false, kqv_offload = true;
     double perturb = 0.0;
     unsigned long long perturb_seed = 1;
     bool rope_cuda = false, compare = false;
@@ -446,6 +457,7 @@ int main(int argc, char ** argv) {
         else if (a == "--rerank") ap.rerank = atoi(next());
         else if (a == "-t") n_threads = atoi(next());
         else if (a == "--ops") ops = true;
+        else if (a == "--ops-all") ops = ops_all = true;
         else if (a == "--n-dense") ap.n_dense = atoi(next());
         else if (a == "--no-kqv-offload") kqv_offload = false;
         else if (a == "--ops-threads") ops_threads = atoi(next());
@@ -464,7 +476,7 @@ int main(int argc, char ** argv) {
                              m == "exact" ? LLAMA_ADAMAS_SELECT_EXACT : -1;
         } else {
             fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref] [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload] "
-                            "[--rerank 4] [--select head|group|exact] [--ops [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [-t 8]\n", argv[0]);
+                            "[--rerank 4] [--select head|group|exact] [--ops | --ops-all [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [-t 8]\n", argv[0]);
             return 2;
         }
     }
@@ -485,6 +497,7 @@ int main(int argc, char ** argv) {
 
     crosscheck cc;
     cc.ops = ops;
+    cc.ops_all = ops_all;
     cc.perturb = perturb;
     cc.rope_cuda = rope_cuda;
     cc.compare = compare;
