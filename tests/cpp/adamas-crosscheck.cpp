@@ -25,9 +25,12 @@
 // output and the layer output, and the overlap of the selected cells (adamas_idx, per head, order ignored): where
 // the two backends part, and whether the selections part more than their inputs do.
 //
+// --dense leaves Adamas off in every context (upstream's attention throughout), for the same comparisons of dense
+// decoding (a budget above the context cannot stand for it on CUDA, whose select stops at 16384 cells).
+//
 // usage: adamas-crosscheck -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref]
 //        [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload]
-//        [--rerank 4] [--select head|group|exact] [--ops | --ops-all [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [-t 8]
+//        [--rerank 4] [--select head|group|exact] [--ops | --ops-all [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [--dense] [-t 8]
 // (--ops-threads: the CPU re-runs use N threads, so with -ngl 0 it shows whether an op's result depends on the
 // thread count; -t: the contexts' threads; --ref-threads: one reference context per thread count, whose spread
 // is the CPU's own rounding noise; --offset: the text's window starts that many tokens in; --no-kqv-offload:
@@ -432,7 +435,7 @@ int main(int argc, char ** argv) {
     bool ops = false, ops_all = false, kqv_offload = true;
     double perturb = 0.0;
     unsigned long long perturb_seed = 1;
-    bool rope_cuda = false, compare = false;
+    bool rope_cuda = false, compare = false, dense = false;
     llama_adamas_params ap = llama_adamas_default_params();
     ap.budget = 64;
     for (int i = 1; i < argc; i++) {
@@ -463,6 +466,7 @@ int main(int argc, char ** argv) {
         else if (a == "--ops-threads") ops_threads = atoi(next());
         else if (a == "--rope-cuda") rope_cuda = true;
         else if (a == "--compare") compare = true;
+        else if (a == "--dense") dense = true;
         else if (a == "--perturb") {
             char * e = nullptr;
             const char * v = next();
@@ -476,7 +480,7 @@ int main(int argc, char ** argv) {
                              m == "exact" ? LLAMA_ADAMAS_SELECT_EXACT : -1;
         } else {
             fprintf(stderr, "usage: %s -m MODEL --text FILE [-n 1024] [--offset 0] [-ngl 99] [--ref-ngl 0 | --no-ref] [--ref-threads 16,8] [-b 64] [--n-dense 2] [--no-kqv-offload] "
-                            "[--rerank 4] [--select head|group|exact] [--ops | --ops-all [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [-t 8]\n", argv[0]);
+                            "[--rerank 4] [--select head|group|exact] [--ops | --ops-all [--ops-threads N]] [--perturb EPS[:SEED]] [--rope-cuda] [--compare] [--dense] [-t 8]\n", argv[0]);
             return 2;
         }
     }
@@ -532,8 +536,8 @@ int main(int argc, char ** argv) {
             cp.cb_eval_user_data = &cbs[si];
         }
         sd.ctx = llama_init_from_model(sd.mdl, cp);
-        if (!sd.ctx || llama_adamas_set(sd.ctx, &ap) != 0) { fprintf(stderr, "context setup failed\n"); return 1; }
-        if (const char * why = llama_adamas_unavailable_reason(sd.ctx)) {
+        if (!sd.ctx || (!dense && llama_adamas_set(sd.ctx, &ap) != 0)) { fprintf(stderr, "context setup failed\n"); return 1; }
+        if (const char * why = dense ? nullptr : llama_adamas_unavailable_reason(sd.ctx)) {
             fprintf(stderr, "%s: Adamas unavailable: %s\n", sd.name.c_str(), why);
             return 1;
         }
@@ -586,8 +590,12 @@ int main(int argc, char ** argv) {
     }
 
     const int n_pred = (int) toks.size() - 1;
-    printf("budget %d, rerank %d, select %d, %d tokens, %d sparse layers", ap.budget, ap.rerank, ap.select_mode,
-           n_pred + 1, llama_adamas_n_sparse_layers(sides[0].ctx));
+    if (dense) {
+        printf("dense (Adamas off), %d tokens", n_pred + 1);
+    } else {
+        printf("budget %d, rerank %d, select %d, %d tokens, %d sparse layers", ap.budget, ap.rerank, ap.select_mode,
+               n_pred + 1, llama_adamas_n_sparse_layers(sides[0].ctx));
+    }
     if (perturb > 0.0) {
         printf(", device q and k perturbed: eps %g, seed %llu", perturb, perturb_seed);
     }
