@@ -62,6 +62,17 @@ static void quiet_log(ggml_log_level level, const char * text, void *) {
 
 // ---- re-running one device node on the CPU -------------------------------------------------------------------
 
+// |a - b| / |b| over n floats (the relative L2 difference of a row)
+static double rel_l2(const float * a, const float * b, int64_t n) {
+    double d2 = 0.0, b2 = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const double d = (double) a[i] - b[i];
+        d2 += d*d;
+        b2 += (double) b[i]*b[i];
+    }
+    return std::sqrt(d2/std::max(b2, 1e-30));
+}
+
 struct op_stats {
     int64_t nodes = 0;
     int64_t rows = 0, rows_off = 0;  // F32 rows, and those with relative L2 error > 1e-2
@@ -75,7 +86,7 @@ struct crosscheck {
     int64_t step = 0;
     bool active = false;
     bool ops = false;               // re-run the checked nodes on the CPU
-    bool ops_all = false;           // and upstream's RoPE, norms, GLU and products
+    bool ops_all = false;           // and upstream's RoPE, norms and products
     double perturb = 0.0;           // relative noise on the post-RoPE q and k (0: none)
     bool   rope_cuda = false;       // Qcur / Kcur ROPE nodes recomputed with CUDA's fast-math angles
     std::mt19937_64 rng;
@@ -155,13 +166,7 @@ static void compare_step(crosscheck & cc) {
                 std::set_intersection(x.begin(), x.end(), y.begin(), y.end(), std::back_inserter(both));
                 rel = y.empty() ? 0.0 : 1.0 - (double) both.size()/y.size();
             } else {
-                double d2 = 0.0, b2 = 0.0;
-                for (int64_t i = 0; i < n0; i++) {
-                    const double fa = ((const float *) pa)[r*n0 + i], fb = ((const float *) pb)[r*n0 + i];
-                    d2 += (fa - fb)*(fa - fb);
-                    b2 += fb*fb;
-                }
-                rel = std::sqrt(d2/std::max(b2, 1e-30));
+                rel = rel_l2((const float *) pa + r*n0, (const float *) pb + r*n0, n0);
             }
             rel_sum += rel;
             rel_max = std::max(rel_max, rel);
@@ -192,7 +197,8 @@ static void print_compare(const crosscheck & cc) {
             std::string cell = " |";
             const std::string pre = c[0] + std::to_string(il) + "/";
             for (auto & [key, d] : cc.diff) {
-                if (key.compare(0, pre.size(), pre) == 0 && (c[0][0] != 'Q' && c[0][0] != 'K' ? true : key.find("ROPE") != std::string::npos)) {
+                const bool qk = c[0][0] == 'Q' || c[0][0] == 'K'; // of the Qcur / Kcur nodes, the RoPE's
+                if (key.compare(0, pre.size(), pre) == 0 && (!qk || key.find("/ROPE") != std::string::npos)) {
                     char buf[64];
                     snprintf(buf, sizeof(buf), " %.2e (max %.1e) |", d.first/cc.n_diff.at(key), d.second);
                     cell = buf;
@@ -239,10 +245,10 @@ static bool checked_op(const ggml_tensor * t, bool all, int64_t step) {
         case GGML_OP_ADAMAS_SELECT:
         case GGML_OP_ADAMAS_ATTN:
         case GGML_OP_FLASH_ATTN_EXT: return true;
-        // --ops-all: upstream's ops around them too (the products every 64th step: each re-run copies its weight)
+        // --ops-all: upstream's ops around them too (the products every 64th step: each re-run copies its weight).
+        // Not GLU: CUDA fuses the gate and up products into it, and their own buffers are then never written.
         case GGML_OP_ROPE:
-        case GGML_OP_RMS_NORM:
-        case GGML_OP_GLU:        return all;
+        case GGML_OP_RMS_NORM:   return all;
         case GGML_OP_MUL_MAT:    return all && step % 64 == 0;
         default: return false;
     }
@@ -302,13 +308,7 @@ static void check_node(crosscheck & cc, ggml_tensor * node) {
         const float * b = (const float *) out->data;
         const int64_t n0 = node->ne[0], nr = ggml_nelements(node)/n0;
         for (int64_t r = 0; r < nr; r++) {
-            double d2 = 0.0, b2 = 0.0;
-            for (int64_t i = 0; i < n0; i++) {
-                const double d = (double) a[r*n0 + i] - b[r*n0 + i];
-                d2 += d*d;
-                b2 += (double) b[r*n0 + i]*b[r*n0 + i];
-            }
-            const double rel = std::sqrt(d2/std::max(b2, 1e-30));
+            const double rel = rel_l2(a + r*n0, b + r*n0, n0);
             s.rows++;
             s.sum_rel += rel;
             s.max_rel = std::max(s.max_rel, rel);
