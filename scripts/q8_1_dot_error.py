@@ -2,7 +2,8 @@
 
 Both backends round the activations to q8_1 blocks (32 int8 values, a scale d and a block sum s) and take the
 weight block's offset m times s. The CPU stores s = d * (sum of the rounded values); CUDA (quantize_q8_1, without
-patch 0027) the sum of the float values, and multiplies the scales in half precision (__hmul2). With the rounded
+patch 0027) the sum of the float values, and multiplies the scales in half precision (__hmul2); patch 0027 gives
+CUDA the CPU's sums and float products. With the rounded
 sum the offset term sees the same activations as the integer term, so the two cancel the rounding together; with
 the float sum they do not. This prints, for a few layers' projections of a real model, each method's relative L2
 error against the exact product of the same (dequantized) weights, for activations drawn as the model sees them
@@ -54,7 +55,7 @@ def main() -> None:
         d8h = half(d8)
         cpu = (sumi*(d4*d8h) + m4*half(d8*q8.sum(1))).sum(1)        # ggml-cpu: float scale products
         cuda = (sumi*half(d4*d8h) + half(m4*half(xb.sum(1)))).sum(1)  # ggml-cuda: float sum, __hmul2
-        patched = (sumi*half(d4*d8h) + half(m4*half(d8*q8.sum(1)))).sum(1)  # with patch 0027
+        patched = (sumi*(d4*d8h) + m4*half(d8*q8.sum(1))).sum(1)  # with patch 0027: the CPU's arithmetic
         return cpu, cuda, patched
 
     def rms(x, w):
