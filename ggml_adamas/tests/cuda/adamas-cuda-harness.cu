@@ -354,9 +354,10 @@ static bool harness_rr_cluster() {
 struct attn_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool per_head; int kt; bool mask; float softcap;
                    int n_keep = 0, n_lead = 0;
                    int stage = 0;     // timing (rrablate): 0 the op; rerank: 1 score kernel, 2 rerank kernel, 3 rerank
-                   int rr = -1; };    // rerank path: -1 the harness's default, 0 two kernels, 1 the cluster kernel
                                       // without the radix select, 4 without V loads, 5 without both; 6 an empty
-                                      // kernel on the rerank kernel's grid, 7 on the score kernel's   // rerank: integer q and K, scale 1/8, so the logits are exact
+                                      // kernel on the rerank kernel's grid, 7 on the score kernel's
+                   int rr = -1; };    // rerank path: -1 the harness's default, 0 two kernels, 1 the cluster kernel
+// (rerank cases: integer q and K, scale 1/8, so the logits are exact)
 
 static void quant_row(int kt, const float * x, int D, std::vector<uint8_t> & out, std::vector<float> & deq) {
     deq.resize(D);
