@@ -92,12 +92,17 @@ struct crosscheck {
     std::mt19937_64 rng;
     std::map<std::string, op_stats> stats;
     bool compare = false;           // --compare: capture the compared nodes of the device and the reference
-    std::map<std::string, std::vector<uint8_t>> cap[2]; // this step's captures: [0] device, [1] reference
-    std::map<std::string, std::pair<double, double>> diff; // per node key: sum and max of the relative L2 difference
-    std::map<std::string, int64_t> n_diff;
+    struct capture { int64_t n0 = 0; bool idx = false; std::vector<uint8_t> data; }; // row length, indices or F32
+    std::map<std::string, capture> cap[2]; // this step's captures: [0] device, [1] reference
+    struct drift { double sum = 0.0, max = 0.0; int64_t steps = 0; }; // per step: the mean over rows
+    std::map<std::string, drift> diff;     // per node key
 };
 
-static bool qk_rope_node(const ggml_tensor * t);
+// the post-RoPE query and key nodes, which --perturb and --rope-cuda rewrite
+static bool qk_rope_node(const ggml_tensor * t) {
+    return t->op == GGML_OP_ROPE && t->type == GGML_TYPE_F32 &&
+           (strncmp(t->name, "Qcur", 4) == 0 || strncmp(t->name, "Kcur", 4) == 0);
+}
 
 // the callback's user data: the shared state and which context calls
 struct side_cb {
@@ -131,11 +136,11 @@ static std::string compare_key(const ggml_tensor * t) {
 
 static void capture_node(crosscheck & cc, int side, const ggml_tensor * t) {
     GGML_ASSERT(ggml_is_contiguous(t));
-    auto & v = cc.cap[side][compare_key(t)];
-    v.resize(ggml_nbytes(t) + 2*sizeof(int64_t));
-    const int64_t shape[2] = { t->ne[0], t->type == GGML_TYPE_I32 ? 1 : 0 }; // row length; whether indices
-    memcpy(v.data(), shape, sizeof(shape));
-    ggml_backend_tensor_get(t, v.data() + sizeof(shape), 0, ggml_nbytes(t));
+    auto & c = cc.cap[side][compare_key(t)];
+    c.n0  = t->ne[0];
+    c.idx = t->type == GGML_TYPE_I32;
+    c.data.resize(ggml_nbytes(t));
+    ggml_backend_tensor_get(t, c.data.data(), 0, c.data.size());
 }
 
 // after both contexts computed a step: F32 nodes by relative L2 difference, index rows by overlap (1 - the share of
@@ -143,19 +148,17 @@ static void capture_node(crosscheck & cc, int side, const ggml_tensor * t) {
 static void compare_step(crosscheck & cc) {
     for (auto & [key, a] : cc.cap[0]) {
         auto it = cc.cap[1].find(key);
-        if (it == cc.cap[1].end() || it->second.size() != a.size()) {
+        if (it == cc.cap[1].end() || it->second.data.size() != a.data.size()) {
             continue;
         }
-        int64_t shape[2];
-        memcpy(shape, a.data(), sizeof(shape));
-        const uint8_t * pa = a.data() + sizeof(shape);
-        const uint8_t * pb = it->second.data() + sizeof(shape);
-        const int64_t n = (int64_t) (a.size() - sizeof(shape))/4, n0 = shape[0];
+        const uint8_t * pa = a.data.data();
+        const uint8_t * pb = it->second.data.data();
+        const int64_t n = (int64_t) a.data.size()/4, n0 = a.n0;
         double rel_sum = 0.0, rel_max = 0.0;
         int64_t rows = 0;
         for (int64_t r = 0; r*n0 < n; r++) {
             double rel = 0.0;
-            if (shape[1]) {
+            if (a.idx) {
                 std::vector<int32_t> x((const int32_t *) pa + r*n0, (const int32_t *) pa + (r + 1)*n0);
                 std::vector<int32_t> y((const int32_t *) pb + r*n0, (const int32_t *) pb + (r + 1)*n0);
                 x.erase(std::remove_if(x.begin(), x.end(), [](int32_t c) { return c < 0; }), x.end());
@@ -173,9 +176,9 @@ static void compare_step(crosscheck & cc) {
             rows++;
         }
         auto & d = cc.diff[key];
-        d.first  += rows ? rel_sum/rows : 0.0;
-        d.second  = std::max(d.second, rel_max);
-        cc.n_diff[key]++;
+        d.sum += rows ? rel_sum/rows : 0.0;
+        d.max  = std::max(d.max, rel_max);
+        d.steps++;
     }
     cc.cap[0].clear();
     cc.cap[1].clear();
@@ -200,7 +203,7 @@ static void print_compare(const crosscheck & cc) {
                 const bool qk = c[0][0] == 'Q' || c[0][0] == 'K'; // of the Qcur / Kcur nodes, the RoPE's
                 if (key.compare(0, pre.size(), pre) == 0 && (!qk || key.find("/ROPE") != std::string::npos)) {
                     char buf[64];
-                    snprintf(buf, sizeof(buf), " %.2e (max %.1e) |", d.first/cc.n_diff.at(key), d.second);
+                    snprintf(buf, sizeof(buf), " %.2e (max %.1e) |", d.sum/d.steps, d.max);
                     cell = buf;
                     any = true;
                     break;
@@ -216,15 +219,9 @@ static void print_compare(const crosscheck & cc) {
     }
     for (auto & [key, d] : cc.diff) {
         if (key.compare(0, 6, "result") == 0) {
-            printf("%s: mean %.2e, max %.1e\n", key.c_str(), d.first/cc.n_diff.at(key), d.second);
+            printf("%s: mean %.2e, max %.1e\n", key.c_str(), d.sum/d.steps, d.max);
         }
     }
-}
-
-// the post-RoPE query and key nodes, which --perturb and --rope-cuda rewrite
-static bool qk_rope_node(const ggml_tensor * t) {
-    return t->op == GGML_OP_ROPE && t->type == GGML_TYPE_F32 &&
-           (strncmp(t->name, "Qcur", 4) == 0 || strncmp(t->name, "Kcur", 4) == 0);
 }
 
 // x *= 1 + eps*g for every element (a contiguous F32 tensor), written back before later nodes read it
@@ -512,6 +509,7 @@ int main(int argc, char ** argv) {
     struct side { std::string name; int ngl; int n_threads; llama_model * mdl = nullptr; llama_context * ctx = nullptr; double nll = 0.0; };
     std::vector<side> sides = { { "device", ngl, n_threads } };
     side_cb cbs[2] = { { &cc, 0 }, { &cc, 1 } };
+    const bool device_hooks = ops || perturb > 0.0 || rope_cuda; // the device context's own callback uses
     if (ref_threads.empty()) {
         ref_threads.push_back(n_threads);
     }
@@ -531,7 +529,7 @@ int main(int argc, char ** argv) {
         cp.n_threads = cp.n_threads_batch = sd.n_threads;
         cp.offload_kqv = kqv_offload;
         const int si = (int) (&sd - &sides[0]);
-        if (((ops || perturb > 0.0 || rope_cuda) && si == 0) || (compare && si <= 1)) {
+        if ((device_hooks && si == 0) || (compare && si <= 1)) {
             cp.cb_eval = eval_cb;
             cp.cb_eval_user_data = &cbs[si];
         }
@@ -567,7 +565,7 @@ int main(int argc, char ** argv) {
         cc.step = t;
         std::vector<const float *> logits;
         for (auto & sd : sides) {
-            cc.active = &sd == &sides[0] ? ops || perturb > 0.0 || rope_cuda || compare : compare && &sd == &sides[1];
+            cc.active = &sd == &sides[0] ? device_hooks || compare : compare && &sd == &sides[1];
             llama_batch b = llama_batch_get_one(&toks[t], 1);
             if (llama_decode(sd.ctx, b) != 0) { fprintf(stderr, "%s: decode failed at %d\n", sd.name.c_str(), t); return 1; }
             cc.active = false;
