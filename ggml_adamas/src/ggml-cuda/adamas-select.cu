@@ -56,7 +56,7 @@ struct adamas_select_args {
     int     hb;        // KV heads per distance block (adamas_select_hb)
     int64_t chunk;     // cells per distance block
     bool    pipe;      // distance loop loads the next round before counting this one (adamas_select_plan)
-    bool    async_ok;  // the device runs cp.async (8.0+, compiled for) and GGML_CUDA_ADAMAS_DIST_ASYNC is not 0
+    bool    async_ok;  // the device runs cp.async (8.0+, compiled for) and GGML_CUDA_ADAMAS_DIST_ASYNC=1
 
     uint16_t * dist;  int64_t dist_stride;        // [nrows][dist_stride], dist_stride a multiple of EMIT_PER_T
     int32_t  * hist;                              // [nrows][nbins], zeroed before the distance kernel
@@ -681,11 +681,12 @@ static size_t adamas_select_smem_limit(const adamas_select_args & a) {
     return a.smem_max > 0 ? std::min<size_t>(a.smem_max, ADAMAS_SELECT_MAX_SMEM) : ADAMAS_SELECT_MAX_SMEM;
 }
 
-// GGML_CUDA_ADAMAS_DIST_ASYNC=0: the register scan everywhere (read once)
+// GGML_CUDA_ADAMAS_DIST_ASYNC=1: the async scan where it applies (read once). Off by default until it has run on
+// a GPU: it passed only compilation and a model of its indexing so far (docs/perf-notes.md, v12).
 static bool adamas_select_async_env() {
     static const bool on = [] {
         const char * e = getenv("GGML_CUDA_ADAMAS_DIST_ASYNC");
-        return !e || atoi(e) != 0;
+        return e && atoi(e) != 0;
     }();
     return on;
 }

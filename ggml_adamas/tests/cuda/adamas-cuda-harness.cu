@@ -13,7 +13,7 @@
 //   compute-sanitizer ./adamas-cuda-harness check     (memcheck; racecheck/synccheck with --tool)
 //   ADAMAS_HARNESS_COLD=1 ./adamas-cuda-harness bench|sweep|ablate|rrablate   timed from DRAM (L2 flushed
 //                                          before every call, the flush's time subtracted), as in a model
-//   GGML_CUDA_ADAMAS_DIST_ASYNC=0          the register distance scan in the op's timings and `one`, as in the op
+//   GGML_CUDA_ADAMAS_DIST_ASYNC=1          the async distance scan in the op's timings and `one`, as in the op
 //
 // The host references are written here, independently of the CPU kernels: the FWHT in the order the spec
 // fixes (stages h = 1, 2, 4, ...), the RMS in double in the documented block order, the ranking by a plain
@@ -230,7 +230,7 @@ static bool harness_async_device() {
     return v != 0;
 }
 
-// ms_dist: [0] the op (the async scan unless GGML_CUDA_ADAMAS_DIST_ASYNC=0), [1] the distance kernel by the
+// ms_dist: [0] the op (the async scan with GGML_CUDA_ADAMAS_DIST_ASYNC=1), [1] the distance kernel by the
 // register scan, [2] the emit kernel, [3] the distance kernel by the async scan (-1: it does not apply)
 static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, float * ms_dist = nullptr,
                        std::vector<int32_t> * idx = nullptr, int64_t * n_blocks = nullptr) {
