@@ -30,6 +30,8 @@
 #define ADAMAS_SELECT_EMIT_PER_T 16     // cells per thread and emit tile (two 16-byte loads)
 #define ADAMAS_SELECT_MAX_SORT   16384  // candidates the emit block sorts in shared memory (bounds the budget)
 #define ADAMAS_SELECT_MAX_SMEM   (160*1024)
+#define ADAMAS_SELECT_STAGE_BYTES (16*1024) // codes of one stage of the async distance scan (64 bytes a thread)
+#define ADAMAS_SELECT_STAGES     3      // its ring: two stages in flight while one is counted
 
 // cells per thread and round of a distance block, their loads issued together (D = 256: registers allow 2)
 static constexpr __host__ __device__ int adamas_select_du(int D) {
@@ -54,6 +56,7 @@ struct adamas_select_args {
     int     hb;        // KV heads per distance block (adamas_select_hb)
     int64_t chunk;     // cells per distance block
     bool    pipe;      // distance loop loads the next round before counting this one (adamas_select_plan)
+    bool    async_ok;  // the device runs cp.async (8.0+, compiled for) and GGML_CUDA_ADAMAS_DIST_ASYNC=1
 
     uint16_t * dist;  int64_t dist_stride;        // [nrows][dist_stride], dist_stride a multiple of EMIT_PER_T
     int32_t  * hist;                              // [nrows][nbins], zeroed before the distance kernel
@@ -96,6 +99,12 @@ static __device__ __forceinline__ uint32_t adamas_l1(const uint32_t * q, const u
     return d;
 }
 
+// class of a cell by its mask value: 1 -INF, 2 +INF, else 0 (ranked)
+static __device__ __forceinline__ int adamas_mask_cls(const char * mrow, bool mask_f16, int c) {
+    const uint32_t mv = adamas_mask_bits(mrow, mask_f16, c);
+    return mv == (mask_f16 ? ADAMAS_F16_NINF : ADAMAS_F32_NINF) ? 1 : mv == (mask_f16 ? ADAMAS_F16_PINF : ADAMAS_F32_PINF) ? 2 : 0;
+}
+
 // One round of a distance block: DU positions per thread, step apart, from position cb (32-bit cell indices:
 // the op refuses n_kv >= INT32_MAX); a position is a cell, or with a list (crow) the cell the list holds there.
 // cls: 0 ranked, 1 -INF (or a -1 list entry), 2 +INF, 3 past the chunk.
@@ -111,11 +120,19 @@ static __device__ __forceinline__ void adamas_dist_load(const char * kb, int64_t
             // the code load does not wait for the mask: masked cells are few (padding, other sequences)
             adamas_load_code<D, VEC>(kb + (int64_t) c*knb2, k[u]);
             if (mrow) {
-                const uint32_t mv = adamas_mask_bits(mrow, mask_f16, c);
-                cls[u] = mv == (mask_f16 ? ADAMAS_F16_NINF : ADAMAS_F32_NINF) ? 1
-                       : mv == (mask_f16 ? ADAMAS_F16_PINF : ADAMAS_F32_PINF) ? 2 : 0;
+                cls[u] = adamas_mask_cls(mrow, mask_f16, c);
             }
         }
+    }
+}
+
+// mask classes of DU cells, step apart from cb (no list): 3 past the chunk, else adamas_mask_cls's
+template <int DU>
+static __device__ __forceinline__ void adamas_dist_cls(const char * mrow, bool mask_f16, int cb, int step, int c1, int (&cls)[DU]) {
+#pragma unroll
+    for (int u = 0; u < DU; ++u) {
+        const int c = cb + u*step;
+        cls[u] = c >= c1 ? 3 : mrow ? adamas_mask_cls(mrow, mask_f16, c) : 0;
     }
 }
 
@@ -179,68 +196,134 @@ static __device__ __forceinline__ void adamas_dist_count(bool group, const uint3
     }
 }
 
-// PIPE: the next round's codes are loaded before this round's distances are counted (two rounds of registers)
+// A distance block's place in the grid (KV head block, cell chunk, query x stream) and shared memory, the same
+// for both scans. HB adjacent KV heads per block, a thread per (cell, head) with the head fastest: a cell's codes
+// of all KV heads are contiguous in the cache row, so HB threads read HB*D/4 contiguous bytes (whole DRAM bursts,
+// where one head's 32 bytes alone would waste half of each).
+struct adamas_dist_blk {
+    int     HB, g, nh, nbins, c0, c1, hb, step;
+    int64_t kvh0, iq, is, row0;
+    uint32_t * qw;   // HB*g codes of NW words
+    int      * hs;   // HB*nh rows of nbins
+    int      * rlo;  // per KV head: smallest and largest bin used
+    int      * rhi;
+    const char    * mrow;
+    const int32_t * crow;
+    const char    * kb;    // this thread's KV head's codes of cell 0
+    const uint32_t * qh;   // its query heads' codes
+    int      * hrow;       // its histogram rows
+    uint16_t * drow;       // its distance rows
+};
+
+template <int D>
+static __device__ __forceinline__ adamas_dist_blk adamas_dist_blk_init(const adamas_select_args & a, uint32_t * smem) {
+    constexpr int NW = D/16;
+    adamas_dist_blk b;
+    b.HB    = a.hb;
+    b.kvh0  = (int64_t) blockIdx.x*b.HB;
+    b.iq    = blockIdx.z % a.n_q;
+    b.is    = blockIdx.z / a.n_q;
+    b.c0    = (int) (blockIdx.y*a.chunk);
+    b.c1    = (int) min((int64_t) b.c0 + a.chunk, a.n_kv);
+    b.g     = (int) a.n_gqa;                 // query heads of a KV head
+    b.nh    = a.group ? 1 : b.g;             // histogram rows per KV head
+    b.nbins = (int) a.nbins;
+    b.qw    = smem;
+    b.hs    = (int *) (b.qw + b.HB*b.g*NW);
+    b.rlo   = b.hs + b.HB*b.nh*b.nbins;
+    b.rhi   = b.rlo + b.HB;
+
+    b.hb    = threadIdx.x % b.HB;
+    b.step  = blockDim.x / b.HB;             // cells per round and unroll slot
+    const int64_t kvh = b.kvh0 + b.hb;
+    b.row0  = (a.group ? kvh : kvh*b.g) + a.n_sel*(b.iq + a.n_q*b.is);
+    b.mrow  = a.mask ? a.mask + b.iq*a.mnb1 + (b.is % a.mne3)*a.mnb3 : nullptr;
+    b.crow  = a.cells ? (const int32_t *) (a.cells + b.iq*a.cnb1 + b.is*a.cnb2) : nullptr;
+    b.kb    = a.kc + kvh*a.knb1 + b.is*a.knb3;
+    b.qh    = b.qw + b.hb*b.g*NW;
+    b.hrow  = b.hs + b.hb*b.nh*b.nbins;
+    b.drow  = a.dist + b.row0*a.dist_stride;
+    return b;
+}
+
+// the query codes into shared memory, the histograms zeroed
+template <int D>
+static __device__ __forceinline__ void adamas_dist_setup(const adamas_select_args & a, const adamas_dist_blk & b) {
+    constexpr int NW = D/16;
+    for (int k = threadIdx.x; k < b.HB*b.g*NW; k += blockDim.x) {
+        b.qw[k] = ((const uint32_t *) (a.qc + (b.kvh0*b.g + k/NW)*a.qnb1 + b.iq*a.qnb2 + b.is*a.qnb3))[k % NW];
+    }
+    for (int k = threadIdx.x; k < b.HB*b.nh*b.nbins; k += blockDim.x) {
+        b.hs[k] = 0;
+    }
+    if (threadIdx.x < b.HB) {
+        b.rlo[threadIdx.x] = INT_MAX;
+        b.rhi[threadIdx.x] = -1;
+    }
+    __syncthreads();
+}
+
+// the block's histograms into the global ones (lo/hi: the bins this thread used)
+template <int ABL>
+static __device__ __forceinline__ void adamas_dist_flush(const adamas_select_args & a, const adamas_dist_blk & b, int lo, int hi) {
+    if (lo <= hi || lo == 0) {
+        atomicMin(&b.rlo[b.hb], lo);
+        atomicMax(&b.rhi[b.hb], max(hi, lo));
+    }
+    __syncthreads();
+
+    if constexpr (ABL & 8) {
+        if (lo == 12345) { a.hist[0] = hi; } // keeps the work alive
+    } else {
+        // only the bins the block used go to the global histograms: a warp per histogram row, its lanes over the
+        // row's used bins
+        const int lane = threadIdx.x % WARP_SIZE;
+        for (int r = threadIdx.x / WARP_SIZE; r < b.HB*b.nh; r += blockDim.x / WARP_SIZE) {
+            const int h   = r / b.nh;
+            const int blo = b.rlo[h];
+            const int bhi = b.rhi[h];
+            if (blo > bhi) {
+                continue; // no visible cell in the block (blo is INT_MAX)
+            }
+            const int64_t row = (a.group ? b.kvh0 + r : b.kvh0*b.g + r) + a.n_sel*(b.iq + a.n_q*b.is);
+            int32_t   * gh = a.hist + row*b.nbins;
+            const int * sh = b.hs + r*b.nbins;
+            for (int bin = blo + lane; bin <= bhi; bin += WARP_SIZE) {
+                const int v = sh[bin];
+                if (v != 0) {
+                    atomicAdd(&gh[bin], v);
+                }
+            }
+        }
+    }
+}
+
+// The register scan. PIPE: the next round's codes are loaded before this round's distances are counted (two
+// rounds of registers).
 template <int D, bool VEC, bool PIPE, int ABL = 0>
 static __global__ void __launch_bounds__(ADAMAS_SELECT_DIST_BLOCK, PIPE ? 2 : 3) // more blocks: more loads in flight
 adamas_select_dist_kernel(const adamas_select_args a) {
     constexpr int NW = D/16;
     constexpr int DU = adamas_select_du(D);
 
-    // HB adjacent KV heads per block, a thread per (cell, head) with the head fastest: a cell's codes of all KV
-    // heads are contiguous in the cache row, so HB threads read HB*D/4 contiguous bytes (whole DRAM bursts,
-    // where one head's 32 bytes alone would waste half of each)
-    const int     HB    = a.hb;
-    const int64_t kvh0  = (int64_t) blockIdx.x*HB;
-    const int64_t iq    = blockIdx.z % a.n_q;
-    const int64_t is    = blockIdx.z / a.n_q;
-    const int     c0    = (int) (blockIdx.y*a.chunk);
-    const int     c1    = (int) min((int64_t) c0 + a.chunk, a.n_kv);
-
-    const int     g     = (int) a.n_gqa;                 // query heads of a KV head
-    const int     nh    = a.group ? 1 : g;               // histogram rows per KV head
-    const int     nbins = (int) a.nbins;
-    const int     nhist = HB*nh*nbins;
-
     extern __shared__ uint32_t smem[];
-    uint32_t * qw   = smem;                              // HB*g codes of NW words
-    int      * hs   = (int *) (qw + HB*g*NW);            // HB*nh rows of nbins
-    int      * rlo  = hs + nhist;                        // per KV head: smallest and largest bin used
-    int      * rhi  = rlo + HB;
+    const adamas_dist_blk b = adamas_dist_blk_init<D>(a, smem);
+    adamas_dist_setup<D>(a, b);
 
-    for (int k = threadIdx.x; k < HB*g*NW; k += blockDim.x) {
-        qw[k] = ((const uint32_t *) (a.qc + (kvh0*g + k/NW)*a.qnb1 + iq*a.qnb2 + is*a.qnb3))[k % NW];
-    }
-    for (int k = threadIdx.x; k < nhist; k += blockDim.x) {
-        hs[k] = 0;
-    }
-    if (threadIdx.x < HB) {
-        rlo[threadIdx.x] = INT_MAX;
-        rhi[threadIdx.x] = -1;
-    }
-    __syncthreads();
-
-    const int     hb    = threadIdx.x % HB;
-    const int64_t kvh   = kvh0 + hb;
-    const int     step  = blockDim.x / HB;              // cells per round and unroll slot
-    const int64_t row0  = (a.group ? kvh : kvh*g) + a.n_sel*(iq + a.n_q*is);
-    const char *  mrow  = a.mask ? a.mask + iq*a.mnb1 + (is % a.mne3)*a.mnb3 : nullptr;
-    const int32_t * crow = a.cells ? (const int32_t *) (a.cells + iq*a.cnb1 + is*a.cnb2) : nullptr;
-    const char *  kb    = a.kc + kvh*a.knb1 + is*a.knb3;
-    const uint32_t * qh = qw + hb*g*NW;
-    int      * hrow = hs + hb*nh*nbins;
-    uint16_t * drow = a.dist + row0*a.dist_stride;
+    const int c1   = b.c1;
+    const int step = b.step;
     int lo = INT_MAX, hi = -1;
 
     if constexpr (PIPE) {
         uint32_t k[DU][NW];
         int      cls[DU];
-        int      cb = c0 + (int) threadIdx.x / HB;
-        adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, crow, cb, step, c1, k, cls);
+        int      cb = b.c0 + (int) threadIdx.x / b.HB;
+        adamas_dist_load<D, VEC, DU>(b.kb, a.knb2, b.mrow, a.mask_f16, b.crow, cb, step, c1, k, cls);
         for (; cb < c1; cb += DU*step) {
             uint32_t kn[DU][NW];
             int      clsn[DU];
-            adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, crow, cb + DU*step, step, c1, kn, clsn);
-            adamas_dist_count<D, DU, ABL>(a.group, qh, hrow, drow, a.dist_stride, g, nh, nbins, cb, step, k, cls, lo, hi);
+            adamas_dist_load<D, VEC, DU>(b.kb, a.knb2, b.mrow, a.mask_f16, b.crow, cb + DU*step, step, c1, kn, clsn);
+            adamas_dist_count<D, DU, ABL>(a.group, b.qh, b.hrow, b.drow, a.dist_stride, b.g, b.nh, b.nbins, cb, step, k, cls, lo, hi);
 #pragma unroll
             for (int u = 0; u < DU; ++u) {
                 cls[u] = clsn[u];
@@ -251,43 +334,135 @@ adamas_select_dist_kernel(const adamas_select_args a) {
             }
         }
     } else {
-        for (int cb = c0 + (int) threadIdx.x / HB; cb < c1; cb += DU*step) {
+        for (int cb = b.c0 + (int) threadIdx.x / b.HB; cb < c1; cb += DU*step) {
             uint32_t k[DU][NW];
             int      cls[DU];
-            adamas_dist_load<D, VEC, DU>(kb, a.knb2, mrow, a.mask_f16, crow, cb, step, c1, k, cls);
-            adamas_dist_count<D, DU, ABL>(a.group, qh, hrow, drow, a.dist_stride, g, nh, nbins, cb, step, k, cls, lo, hi);
+            adamas_dist_load<D, VEC, DU>(b.kb, a.knb2, b.mrow, a.mask_f16, b.crow, cb, step, c1, k, cls);
+            adamas_dist_count<D, DU, ABL>(a.group, b.qh, b.hrow, b.drow, a.dist_stride, b.g, b.nh, b.nbins, cb, step, k, cls, lo, hi);
         }
     }
-    if (lo <= hi || lo == 0) {
-        atomicMin(&rlo[hb], lo);
-        atomicMax(&rhi[hb], max(hi, lo));
-    }
-    __syncthreads();
+    adamas_dist_flush<ABL>(a, b, lo, hi);
+}
 
-    if constexpr (ABL & 8) {
-        if (lo == 12345) { a.hist[0] = hi; } // keeps the work alive
-    } else {
-        // only the bins the block used go to the global histograms: a warp per histogram row, its lanes over the
-        // row's used bins
-        const int lane = threadIdx.x % WARP_SIZE;
-        for (int r = threadIdx.x / WARP_SIZE; r < HB*nh; r += blockDim.x / WARP_SIZE) {
-            const int h   = r / nh;
-            const int blo = rlo[h];
-            const int bhi = rhi[h];
-            if (blo > bhi) {
-                continue; // no visible cell in the block (blo is INT_MAX)
+// 16-byte chunk of piece j of slot s of a stage (a slot: one (cell, KV head) code of P pieces). The XOR spreads
+// the 8 chunks a quarter-warp reads (8 slots, same piece) over all 32 banks; a quarter-warp's copies (8
+// consecutive pieces) stay a permutation of 8 consecutive chunks.
+template <int P>
+static __device__ __forceinline__ int adamas_stage_chunk(int s, int j) {
+    return s*P + (j ^ ((s/(8/P)) % P));
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(GGML_USE_HIP) && !defined(GGML_USE_MUSA)
+#define ADAMAS_SELECT_ASYNC_BODY
+#endif
+
+// The async scan (v12, docs/perf-notes.md): the register scan keeps at most two rounds of a thread's codes in
+// flight and its warps stall on their own loads (~54% of DRAM bandwidth). Here the block copies each stage's
+// codes with cp.async into a ring of ADAMAS_SELECT_STAGES stages in shared memory, two stages ahead of the one
+// it counts, each thread copying 16-byte pieces of other threads' cells so that the copies are coalesced; the
+// mask classes come a stage ahead in registers from the counting thread; the counting is the register scan's.
+// Only for 16-byte aligned views, D >= 64, no candidate list and 8.0+ (the host checks: adamas_select_dist_async).
+// Three blocks an SM: the shared memory allows them (61 KiB at D = 128, MHA) and the registers too (80, no
+// spills at sm_90), for grids past the plan's two blocks per SM.
+template <int D, int ABL = 0>
+static __global__ void __launch_bounds__(ADAMAS_SELECT_DIST_BLOCK, 3)
+adamas_select_dist_async_kernel(const adamas_select_args a) {
+#ifdef ADAMAS_SELECT_ASYNC_BODY
+    constexpr int NW  = D/16;
+    constexpr int P   = D/64;                    // 16-byte pieces of a code
+    constexpr int SU  = ADAMAS_SELECT_STAGE_BYTES/(ADAMAS_SELECT_DIST_BLOCK*(D/4)); // cells per thread and stage:
+                                                 // 4, 2, 1 at D = 64, 128, 256 (a stage is 16 KiB at every D)
+    constexpr int NT  = ADAMAS_SELECT_DIST_BLOCK;
+    constexpr int NS  = ADAMAS_SELECT_STAGES;
+    constexpr int SQ  = ADAMAS_SELECT_STAGE_BYTES/16; // 16-byte chunks of a stage
+    constexpr int CPT = SQ/NT;                   // pieces a thread copies per stage (4)
+    static_assert(SU >= 1 && SQ == NT*SU*P && CPT*NT == SQ, "stage shape");
+
+    extern __shared__ uint4 ring[];              // NS stages, then the register scan's shared memory
+    const adamas_dist_blk b = adamas_dist_blk_init<D>(a, (uint32_t *) (ring + NS*SQ));
+    const int c0   = b.c0;
+    const int c1   = b.c1;
+    const int HB   = b.HB;
+    const int step = b.step;
+    const int sc   = step*SU;                    // cells of a stage
+
+    // copies: pieces t + NT*r (r < CPT) of each stage, ordered (cell, KV head, piece): a warp copies whole runs
+    // of HB*D/4 contiguous bytes, one a cell, where the heads are contiguous. The thread's cell, head and piece are the same in every
+    // stage and r only moves the cell by cr, so one source pointer serves them all (its address from the
+    // strides: knb1 need not be D/4).
+    const int t  = threadIdx.x;
+    const int cr = NT/(HB*P);                    // cells between a thread's pieces of a stage
+    const int ci = t/(HB*P);                     // its first piece's cell in the stage
+    const char * src = a.kc + (b.kvh0 + (t/P) % HB)*a.knb1 + b.is*a.knb3 + (int64_t) (c0 + ci)*a.knb2 + (t % P)*16;
+    const int64_t src_r = (int64_t) cr*a.knb2;
+    const int64_t src_s = (int64_t) sc*a.knb2;
+    const uint32_t dst = (uint32_t) __cvta_generic_to_shared(ring) + 16*adamas_stage_chunk<P>(t/P, t % P);
+    // piece t + NT*r lands at chunk adamas_stage_chunk(t/P, t % P) + NT*r: NT*r/P slots on, the swizzle's period
+    // (8 slots) divides that
+
+    const int nst = (c1 - c0 + sc - 1)/sc;
+    int issued = 0;                              // stages copied or skipped so far
+    // the copies of the next stage into its slot; a group committed even when empty, so that stage s is always
+    // the group wait_group NS - 2 leaves complete
+    auto issue = [&]() {
+        if (issued < nst) {
+            const int cb = c0 + issued*sc + ci;
+            const uint32_t d = dst + (uint32_t) ((issued % NS)*ADAMAS_SELECT_STAGE_BYTES);
+#pragma unroll
+            for (int r = 0; r < CPT; ++r) {
+                if (cb + r*cr < c1) { // the last stage may be partial: nothing past the chunk
+                    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;"
+                                 : : "r"(d + r*NT*16), "l"(src + r*src_r) : "memory");
+                }
             }
-            const int64_t row = (a.group ? kvh0 + r : kvh0*g + r) + a.n_sel*(iq + a.n_q*is);
-            int32_t   * gh = a.hist + row*nbins;
-            const int * sh = hs + r*nbins;
-            for (int b = blo + lane; b <= bhi; b += WARP_SIZE) {
-                const int v = sh[b];
-                if (v != 0) {
-                    atomicAdd(&gh[b], v);
+            src += src_s;
+        }
+        issued++;
+        asm volatile("cp.async.commit_group;" : : : "memory");
+    };
+#pragma unroll
+    for (int s = 0; s < NS - 1; ++s) {
+        issue(); // before the setup: the first stages are in flight while the query codes load
+    }
+    adamas_dist_setup<D>(a, b);
+
+    // counting: the register scan's cells (t/HB + u*step of a stage, u < SU) and head (t % HB); slot t + NT*u
+    const int cq = t/HB;
+    const uint4 * rs = ring + t*P;
+    const int     jx = (t/(8/P)) % P;            // adamas_stage_chunk's XOR for slot t (and t + NT*u)
+    int cls[SU];
+    adamas_dist_cls<SU>(b.mrow, a.mask_f16, c0 + cq, step, c1, cls);
+    int lo = INT_MAX, hi = -1;
+    for (int s = 0; s < nst; ++s) {
+        asm volatile("cp.async.wait_group %0;" : : "n"(NS - 2) : "memory"); // this thread's copies of stage s
+        __syncthreads(); // everyone's, and stage s - 1 is counted: its slot, the next stage's, is free
+        issue();
+        const int cb = c0 + s*sc + cq;
+        int clsn[SU]; // the next stage's mask classes, a stage ahead
+        adamas_dist_cls<SU>(b.mrow, a.mask_f16, cb + sc, step, c1, clsn);
+        uint32_t k[SU][NW];
+        const uint4 * rst = rs + (s % NS)*SQ;
+#pragma unroll
+        for (int u = 0; u < SU; ++u) {
+            if (cls[u] == 0) { // other cells' slots are not read (past the chunk: never written)
+#pragma unroll
+                for (int j = 0; j < P; ++j) {
+                    const uint4 v = rst[u*NT*P + (j ^ jx)];
+                    k[u][4*j + 0] = v.x; k[u][4*j + 1] = v.y; k[u][4*j + 2] = v.z; k[u][4*j + 3] = v.w;
                 }
             }
         }
+        adamas_dist_count<D, SU, ABL>(a.group, b.qh, b.hrow, b.drow, a.dist_stride, b.g, b.nh, b.nbins, cb, step, k, cls, lo, hi);
+#pragma unroll
+        for (int u = 0; u < SU; ++u) {
+            cls[u] = clsn[u];
+        }
     }
+    asm volatile("cp.async.wait_all;" : : : "memory"); // (only empty groups are left)
+    adamas_dist_flush<ABL>(a, b, lo, hi);
+#else
+    (void) a;
+#endif // ADAMAS_SELECT_ASYNC_BODY
 }
 
 // Exclusive prefix sum over the block (blockDim.x a multiple of 32, at most 1024); *total gets the block's sum.
@@ -496,6 +671,34 @@ static size_t adamas_select_dist_smem(int D, int64_t n_gqa, bool group, int64_t 
          + 2*hb*sizeof(int);
 }
 
+// the async scan's: the ring first (16-byte aligned), then the register scan's
+static size_t adamas_select_dist_async_smem(int D, int64_t n_gqa, bool group, int64_t nbins, int hb) {
+    return (size_t) ADAMAS_SELECT_STAGES*ADAMAS_SELECT_STAGE_BYTES + adamas_select_dist_smem(D, n_gqa, group, nbins, hb);
+}
+
+// shared memory a distance block may use
+static size_t adamas_select_smem_limit(const adamas_select_args & a) {
+    return a.smem_max > 0 ? std::min<size_t>(a.smem_max, ADAMAS_SELECT_MAX_SMEM) : ADAMAS_SELECT_MAX_SMEM;
+}
+
+// GGML_CUDA_ADAMAS_DIST_ASYNC=1: the async scan where it applies (read once). Off by default until it has run on
+// a GPU: it passed only compilation and a model of its indexing so far (docs/perf-notes.md, v12).
+static bool adamas_select_async_env() {
+    static const bool on = [] {
+        const char * e = getenv("GGML_CUDA_ADAMAS_DIST_ASYNC");
+        return e && atoi(e) != 0;
+    }();
+    return on;
+}
+
+// Whether the distance launch takes the async scan: a.async_ok, whole 16-byte pieces (D >= 64, a vector view),
+// cells rather than a list (a list's cells are scattered, its rows not contiguous), a block's pieces a whole
+// number of the threads' (hb a power of two up to 256/P) and the ring within the shared memory
+static bool adamas_select_dist_async(const adamas_select_args & a, int D, bool vec) {
+    return a.async_ok && D >= 64 && vec && !a.cells && a.hb >= 1 && ADAMAS_SELECT_DIST_BLOCK % (a.hb*(D/64)) == 0 &&
+           adamas_select_dist_async_smem(D, a.n_gqa, a.group, a.nbins, a.hb) <= adamas_select_smem_limit(a);
+}
+
 // cells of one round of a distance block (adamas_select_du per thread)
 static int64_t adamas_select_round(int hb, int D) {
     return (int64_t) (ADAMAS_SELECT_DIST_BLOCK/hb)*adamas_select_du(D);
@@ -528,8 +731,16 @@ static void adamas_select_dist_launch_v(const adamas_select_args & a, const dim3
 
 template <int D>
 static void adamas_select_dist_launch(const adamas_select_args & a, bool vec, cudaStream_t stream) {
-    const size_t smem = adamas_select_dist_smem(D, a.n_gqa, a.group, a.nbins, a.hb);
     const dim3 grid((unsigned) (a.n_head_kv/a.hb), (unsigned) ((a.n_kv + a.chunk - 1)/a.chunk), (unsigned) (a.n_q*a.ns));
+    if constexpr (D >= 64) {
+        if (adamas_select_dist_async(a, D, vec)) {
+            const size_t smem = adamas_select_dist_async_smem(D, a.n_gqa, a.group, a.nbins, a.hb);
+            adamas_set_smem(adamas_select_dist_async_kernel<D>, smem);
+            adamas_select_dist_async_kernel<D><<<grid, ADAMAS_SELECT_DIST_BLOCK, smem, stream>>>(a);
+            return;
+        }
+    }
+    const size_t smem = adamas_select_dist_smem(D, a.n_gqa, a.group, a.nbins, a.hb);
     if (vec) {
         adamas_select_dist_launch_v<D, true>(a, grid, smem, stream);
     } else {
@@ -540,11 +751,11 @@ static void adamas_select_dist_launch(const adamas_select_args & a, bool vec, cu
 // The distance kernel's shape: a.hb, a.chunk (cells per block, a whole number of rounds) and a.pipe. The
 // harness may change them before adamas_select_run (its sweep); the op takes them as they are.
 static void adamas_select_plan(adamas_select_args & a, int D) {
-    const size_t smem_max = a.smem_max > 0 ? std::min<size_t>(a.smem_max, ADAMAS_SELECT_MAX_SMEM) : ADAMAS_SELECT_MAX_SMEM;
-    a.hb = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins, smem_max);
+    a.hb = adamas_select_hb(D, a.n_head_kv, a.n_gqa, a.group, a.nbins, adamas_select_smem_limit(a));
     // From the harness's sweep on the H200 (docs/perf-notes.md, v5): enough rounds per block that the grid is
     // about two blocks per SM, but at most 4 (longer blocks lose more than the flushes they save), the loads
-    // pipelined where the grid fits in one wave of two blocks per SM (the registers allow no more).
+    // pipelined where the grid fits in one wave of two blocks per SM (the registers allow no more). The async
+    // scan takes the same plan: a round is one or two of its stages, so a chunk is whole stages (up to 8 a block).
     const int64_t round  = adamas_select_round(a.hb, D);
     const int64_t slots  = (int64_t) std::max(1, a.n_sm)*2;
     const int64_t cells  = a.n_kv*(a.n_head_kv/a.hb)*a.n_q*a.ns; // (cell, block of KV heads) pairs
@@ -639,6 +850,8 @@ void ggml_cuda_op_adamas_select(ggml_backend_cuda_context & ctx, ggml_tensor * d
     a.dst  = (char *) dst->data; a.onb1 = dst->nb[1]; a.onb2 = dst->nb[2]; a.onb3 = dst->nb[3];
     a.n_sm = ggml_cuda_info().devices[ctx.device].nsm;
     a.smem_max = ggml_cuda_info().devices[ctx.device].smpbo;
+    // the async distance scan where cp.async runs and the build holds its code (not a JIT of older archs' PTX)
+    a.async_ok = cp_async_available(ggml_cuda_info().devices[ctx.device].cc) && adamas_select_async_env();
     GGML_ASSERT(a.nbins < ADAMAS_DIST_NONE);
 
     a.dist_stride = adamas_select_dist_stride(a.n_kv);

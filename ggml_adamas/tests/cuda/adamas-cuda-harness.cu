@@ -4,13 +4,16 @@
 //   nvcc -O3 -std=c++17 -arch=sm_90 -use_fast_math -I ggml_adamas/src/ggml-cuda \
 //        ggml_adamas/tests/cuda/adamas-cuda-harness.cu -o adamas-cuda-harness
 //   ./adamas-cuda-harness check [seed] [quick]  every kernel against scalar host references (exact codes and
-//                                          indices; attention within 1e-4 relative), outputs poisoned first
-//   ./adamas-cuda-harness bench            kernel times at the issue's shapes (CUDA events, medians)
+//                                          indices; attention within 1e-4 relative), outputs poisoned first; each
+//                                          select case by both distance scans (register, and async on 8.0+)
+//   ./adamas-cuda-harness bench            kernel times at the issue's shapes (CUDA events, medians); the
+//                                          distance kernel by both scans
 //   ./adamas-cuda-harness sweep            distance-kernel shapes (heads per block, rounds, pipelining) timed
 //   ./adamas-cuda-harness ablate           distance-kernel time with stages left out (where the time goes)
 //   compute-sanitizer ./adamas-cuda-harness check     (memcheck; racecheck/synccheck with --tool)
 //   ADAMAS_HARNESS_COLD=1 ./adamas-cuda-harness bench|sweep|ablate|rrablate   timed from DRAM (L2 flushed
 //                                          before every call, the flush's time subtracted), as in a model
+//   GGML_CUDA_ADAMAS_DIST_ASYNC=1          the async distance scan in the op's timings and `one`, as in the op
 //
 // The host references are written here, independently of the CPU kernels: the FWHT in the order the spec
 // fixes (stages h = 1, 2, 4, ...), the RMS in double in the documented block order, the ranking by a plain
@@ -32,6 +35,7 @@
     fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); exit(1); } } while (0)
 
 static int g_fail = 0, g_checks = 0;
+static int g_checks_async = 0; // select cases run by both distance scans
 #define EXPECT(cond, ...) do { g_checks++; if (!(cond)) { g_fail++; if (g_fail < 30) { \
     fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); } } } while (0)
 
@@ -216,6 +220,18 @@ static void make_codes(std::mt19937 & rng, int D, int64_t n, int pool, std::vect
     }
 }
 
+// the async distance scan (v12) where the device runs cp.async (8.0+; this build is sm_80+ code)
+static bool harness_async_device() {
+    static int v = -1;
+    if (v < 0) {
+        cudaDeviceProp p; CK(cudaGetDeviceProperties(&p, 0));
+        v = p.major >= 8;
+    }
+    return v != 0;
+}
+
+// ms_dist: [0] the op (the async scan with GGML_CUDA_ADAMAS_DIST_ASYNC=1), [1] the distance kernel by the
+// register scan, [2] the emit kernel, [3] the distance kernel by the async scan (-1: it does not apply)
 static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, float * ms_dist = nullptr,
                        std::vector<int32_t> * idx = nullptr, int64_t * n_blocks = nullptr) {
     const int D = sc.D, csz = D/4, nh = sc.n_head_kv*sc.n_gqa;
@@ -297,21 +313,42 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     if (sc.rounds > 0) a.chunk = sc.rounds*adamas_select_round(a.hb, D);
     if (sc.pipe >= 0) a.pipe = sc.pipe != 0;
     if (n_blocks) *n_blocks = (a.n_head_kv/a.hb)*((n_pos + a.chunk - 1)/a.chunk)*n_q;
-    adamas_select_run(a, D, sc.vec, 0);
-    CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
-    if (idx) *idx = dout.down();
+    a.async_ok = harness_async_device() && adamas_select_async_env();
+    adamas_select_args a_reg = a, a_async = a; // the two distance scans
+    a_reg.async_ok = false;
+    a_async.async_ok = harness_async_device();
+    const bool async = adamas_select_dist_async(a_async, D, sc.vec);
+
+    // one run of the op: indices, distances and histograms (distances poisoned first: both scans leave the same
+    // padding)
+    auto run = [&](const adamas_select_args & b, std::vector<int32_t> & o, std::vector<uint16_t> & dd, std::vector<int32_t> & hh) {
+        dout.poison(); ddist.poison();
+        adamas_select_run(b, D, sc.vec, 0);
+        CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+        o = dout.down(); dd = ddist.down(); hh = dhist.down();
+    };
+    std::vector<int32_t> out, out_async, hist, hist_async;
+    std::vector<uint16_t> dist, dist_async;
+    run(check ? a_reg : a, out, dist, hist);
+    if (check && async) {
+        run(a_async, out_async, dist_async, hist_async);
+        EXPECT(dist_async == dist && hist_async == hist && out_async == out,
+               "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d %s hb=%d chunk=%lld mask=%d: the async scan's distances %s, histograms %s, indices %s",
+               D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.group ? "GROUP" : "HEAD", a.hb, (long long) a.chunk, sc.mask,
+               dist_async == dist ? "same" : "DIFFER", hist_async == hist ? "same" : "DIFFER", out_async == out ? "same" : "DIFFER");
+    }
+    if (idx) *idx = out;
 
     if (ms_dist) {
-        // [0] whole op, [1] distance kernel alone, [2] emit kernel alone
         ms_dist[0] = time_graph_us([&](cudaStream_t st) { adamas_select_run(a, D, sc.vec, st); });
-        ms_dist[1] = time_graph_us([&](cudaStream_t st) { adamas_select_dist_launch<128>(a, sc.vec, st); });
+        ms_dist[1] = time_graph_us([&](cudaStream_t st) { adamas_select_dist_launch<128>(a_reg, sc.vec, st); });
         const int n_sort = adamas_next_pow2(std::min(sc.budget, n_kv));
         ms_dist[2] = time_graph_us([&](cudaStream_t st) {
             adamas_select_emit_kernel<<<(unsigned) a.nrows, ADAMAS_SELECT_EMIT_BLOCK, n_sort*8, st>>>(a, n_sort); });
+        ms_dist[3] = async ? time_graph_us([&](cudaStream_t st) { adamas_select_dist_launch<128>(a_async, sc.vec, st); }) : -1.0f;
     }
     if (!check) return;
 
-    const std::vector<int32_t> out = dout.down();
     int bad = 0;
     for (int iq = 0; iq < n_q; ++iq) for (int64_t hs = 0; hs < n_sel; ++hs) {
         std::vector<std::pair<int, int>> cand; // (rank distance, cell)
@@ -335,8 +372,9 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
             if (o[j] != want) { bad++; break; }
         }
     }
-    EXPECT(bad == 0, "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d %s mask=%d pool=%d vec=%d list=%d n_cand=%d: %d rows differ",
-           D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.budget, sc.group ? "GROUP" : "HEAD", sc.mask, sc.pool, sc.vec, sc.list, n_cand, bad);
+    EXPECT(bad == 0, "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d %s mask=%d pool=%d vec=%d list=%d n_cand=%d hb=%d: %d rows differ",
+           D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.budget, sc.group ? "GROUP" : "HEAD", sc.mask, sc.pool, sc.vec, sc.list, n_cand, a.hb, bad);
+    g_checks_async += async;
 }
 
 // ---- attention ----
@@ -534,6 +572,15 @@ static int do_check(unsigned seed, bool quick) {
     run_select({128, 8, 4, 40000, 1, 4096, false, 0, 2, true}, rng, true);
     run_select({64, 1, 32, 5000, 1, 100, true, 1, 0, true}, rng, true);   // MQA: 32 heads on one KV head
     run_select({256, 1, 16, 3000, 3, 300, false, 1, 5, true}, rng, true);
+    // the async scan's shapes (v12): MHA with 8 KV heads a block (the op's plan), 16 and 32 (the sweep's), partial
+    // last stages (n_kv odd, chunks of 1-3 rounds), masks f16/f32/none, several queries, both modes
+    for (int D : {64, 128, 256}) for (bool group : {false, true}) for (int n_kv : {1, 63, 1000, 4099}) {
+        const int mask = (n_kv + D/64) % 3;
+        run_select({D, 16, 1, n_kv, mask == 2 ? 3 : 1 + n_kv % 2, 50, group, mask, n_kv % 2 ? 3 : 0, true}, rng, true);
+        sel_case sc = {D, 32, 1, n_kv + 17, 2, 100, group, 1, 0, true};
+        sc.hb = D == 256 ? 16 : 32; sc.rounds = 1 + n_kv % 3;
+        run_select(sc, rng, true);
+    }
     // candidate lists: a random half of the cells per query and every cell with -1 between, masks with -INF and
     // +INF cells, ties, budgets past the list, several queries, head and group rows, the distance-kernel shapes
     for (int D : {32, 64, 128, 256}) for (bool group : {false, true}) for (int list : {1, 2}) {
@@ -569,7 +616,7 @@ static int do_check(unsigned seed, bool quick) {
         ac.n_keep = 1; ac.n_lead = 1; ac.kt = 4;
         run_attn(ac, rng, true);
     }
-    printf("%d checks, %d failed\n", g_checks, g_fail);
+    printf("%d checks, %d failed (%d select cases by both distance scans)\n", g_checks, g_fail, g_checks_async);
     return g_fail ? 1 : 0;
 }
 
@@ -578,11 +625,13 @@ static int do_bench() {
     cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
     printf("times in us per call, CUDA graph replays\n");
-    printf("| n_kv | heads q/kv | budget | mode | select | (dist | emit) | codes MiB | select GB/s | attn f16 | select 4x | rerank attn f16 |\n|---:|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("dist: the register scan, async: the async scan (v12); select: the op, with %s\n",
+           harness_async_device() && adamas_select_async_env() ? "the async scan" : "the register scan");
+    printf("| n_kv | heads q/kv | budget | mode | select | (dist | async | emit) | codes MiB | async GB/s | attn f16 | select 4x | rerank attn f16 |\n|---:|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int n_kv : {8192, 32768, 131072}) for (int n_head_kv : {32, 8}) for (int budget : {64, 256, 1024}) {
         for (bool group : {true, false}) {
             if (!group && n_head_kv == 32) continue;
-            float ms_s[3] = {0, 0, 0}, ms_a = 0, ms_s4[3] = {0, 0, 0}, ms_r = 0;
+            float ms_s[4] = {0, 0, 0, 0}, ms_a = 0, ms_s4[4] = {0, 0, 0, 0}, ms_r = 0;
             run_select({128, n_head_kv, 32/n_head_kv, n_kv, 1, budget, group, 1, 0, true}, rng, false, ms_s);
             run_attn({128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, true, 0.0f}, rng, false, &ms_a);
             // rerank 4: a pool of 4 x budget, the budget kept
@@ -591,8 +640,8 @@ static int do_bench() {
             rc.n_keep = budget;
             run_attn(rc, rng, false, &ms_r);
             const double mib = (double) n_kv*n_head_kv*32/1048576.0;
-            printf("| %d | 32/%d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.0f | %.1f | %.1f | %.1f |\n", n_kv, n_head_kv, budget, group ? "group" : "head",
-                   ms_s[0], ms_s[1], ms_s[2], mib, mib*1048576.0/(ms_s[0]*1e-6)/1e9, ms_a, ms_s4[0], ms_r);
+            printf("| %d | 32/%d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f | %.1f | %.1f | %.1f |\n", n_kv, n_head_kv, budget, group ? "group" : "head",
+                   ms_s[0], ms_s[1], ms_s[3], ms_s[2], mib, ms_s[3] > 0 ? mib*1048576.0/(ms_s[3]*1e-6)/1e9 : 0.0, ms_a, ms_s4[0], ms_r);
         }
     }
     return 0;
@@ -603,29 +652,29 @@ static int do_bench() {
 static int do_sweep() {
     cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-    printf("| n_kv | heads q/kv | mode | hb | rounds | pipe | blocks | dist us | GB/s | select us | same |\n|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|:---|\n");
+    printf("| n_kv | heads q/kv | mode | hb | rounds | pipe | blocks | dist us | GB/s | async us | select us | same |\n|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|:---|\n");
     struct shape { int n_kv, n_head_kv; bool group; };
     for (const shape sh : { shape{32768, 32, true}, shape{32768, 8, false}, shape{131072, 32, true}, shape{131072, 8, false},
                             shape{32768, 8, true}, shape{8192, 32, true} }) {
         sel_case base = {128, sh.n_head_kv, 32/sh.n_head_kv, sh.n_kv, 1, 64, sh.group, 1, 0, true};
         std::vector<int32_t> want;
-        float t0[3];
+        float t0[4];
         int64_t nb0 = 0;
         { std::mt19937 rng(11); run_select(base, rng, false, t0, &want, &nb0); }
         const double mib = (double) sh.n_kv*sh.n_head_kv*32/1048576.0;
-        printf("| %d | 32/%d | %s | plan | plan | plan | %lld | %.1f | %.0f | %.1f | |\n", sh.n_kv, sh.n_head_kv, sh.group ? "group" : "head",
-               (long long) nb0, t0[1], mib*1048576.0/(t0[1]*1e-6)/1e9, t0[0]);
+        printf("| %d | 32/%d | %s | plan | plan | plan | %lld | %.1f | %.0f | %.1f | %.1f | |\n", sh.n_kv, sh.n_head_kv, sh.group ? "group" : "head",
+               (long long) nb0, t0[1], mib*1048576.0/(t0[1]*1e-6)/1e9, t0[3], t0[0]);
         for (int hb : {1, 2, 4, 8, 16, 32}) for (int rounds : {1, 2, 4, 8, 16, 32}) for (int pipe : {0, 1}) {
             if (sh.n_head_kv % hb) continue;
             if (adamas_select_dist_smem(128, 32/sh.n_head_kv, sh.group, adamas_select_nbins(128, 32/sh.n_head_kv, sh.group), hb) > ADAMAS_SELECT_MAX_SMEM) continue;
             sel_case sc = base; sc.hb = hb; sc.rounds = rounds; sc.pipe = pipe;
             std::vector<int32_t> got;
-            float t[3];
+            float t[4];
             int64_t nb = 0;
             std::mt19937 rng(11);
             run_select(sc, rng, false, t, &got, &nb);
-            printf("| %d | 32/%d | %s | %d | %d | %d | %lld | %.1f | %.0f | %.1f | %s |\n", sh.n_kv, sh.n_head_kv, sh.group ? "group" : "head",
-                   hb, rounds, pipe, (long long) nb, t[1], mib*1048576.0/(t[1]*1e-6)/1e9, t[0], got == want ? "yes" : "NO");
+            printf("| %d | 32/%d | %s | %d | %d | %d | %lld | %.1f | %.0f | %.1f | %.1f | %s |\n", sh.n_kv, sh.n_head_kv, sh.group ? "group" : "head",
+                   hb, rounds, pipe, (long long) nb, t[1], mib*1048576.0/(t[1]*1e-6)/1e9, t[3], t[0], got == want ? "yes" : "NO");
             if (got != want) g_fail++;
         }
     }
