@@ -16,6 +16,11 @@
 #   scripts/device.sh build     there: install into that machine's python3 (CUDA_ARCHS, default 90; SERVER=1:
 #                               with llama-server, for `load`; RPC=1: with ggml-rpc and rpc-server, for `rpc`)
 #   scripts/device.sh test      there: CTest (CPU and CUDA decode tests, test-backend-ops on every Adamas case)
+#   scripts/device.sh products  there: upstream's quantized products on CUDA against the CPU's (test-gpu-products -v,
+#                               patch 0027) and test-backend-ops MUL_MAT for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights
+#   scripts/device.sh decodetest [SHAPE]  there: test-adamas-decode on one tiny model (default mha-d128) on CUDA,
+#                               its full output kept, under each rerank and distance-scan switch
+#                               (GGML_CUDA_ADAMAS_RR_CLUSTER, GGML_CUDA_ADAMAS_DIST_ASYNC), twice as built
 #   scripts/device.sh perf      there: test-backend-ops perf of the Adamas ops and of upstream flash attention
 #   scripts/device.sh passkey   there: SmolLM2 passkey answers on CPU and GPU (model: $ADAMAS_MODEL, or the
 #                               parts .device/m1/smol.part.aa + .device/m2/smol.part.ab joined, sent in two calls)
@@ -110,6 +115,22 @@ test)
     done
     $PY -c "import adamas_gguf; from adamas_gguf import _build_info; assert _build_info.CUDA, 'not a CUDA build'; print('CUDA build loaded')" || rc=1
     exit $rc
+    ;;
+products)
+    $BUILD/tests/cpp/test-gpu-products -v 2>&1 | tee "$LOG/gpu-products.txt"
+    for t in q4_0 q4_1 q5_0 q5_1 q8_0; do
+        rc=0; $BUILD/tests/cpp/test-backend-ops test -b CUDA0 -o MUL_MAT -p "type_a=$t,type_b=f32" > "$LOG/mul-mat-$t.log" 2>&1 || rc=$?
+        echo "MUL_MAT $t: rc $rc, $(grep -E 'tests passed' "$LOG/mul-mat-$t.log")"
+    done
+    ;;
+decodetest)
+    M=$BUILD/tests/cpp/tiny-models/${2:-mha-d128}.gguf
+    [ -f "$M" ] || ctest --test-dir $BUILD -R "^tiny-models$" > /dev/null
+    for sw in "" "" "GGML_CUDA_ADAMAS_RR_CLUSTER=0" "GGML_CUDA_ADAMAS_DIST_ASYNC=1"; do
+        s=${sw:-default}; f="$LOG/decodetest-${2:-mha-d128}-${s//=/-}.txt"
+        rc=0; env $sw $BUILD/tests/cpp/test-adamas-decode "$M" 99 > "$f" 2>&1 || rc=$?
+        echo "${sw:-as built}: rc $rc, $(grep -c FAIL "$f") failed checks"; grep FAIL "$f" | head -5 || true
+    done
     ;;
 perf)
     # PERF_KV: the cache sizes to time, a regex (default all three: 8192|32768|131072)
