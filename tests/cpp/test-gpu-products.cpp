@@ -35,11 +35,7 @@ static const product_case k_cases[] = {
     {GGML_TYPE_Q5_1, 1e-3}, {GGML_TYPE_Q8_0, 1e-3},
 };
 
-struct side_result {
-    std::vector<float> y;  // n_out x n_cols, column-major as ggml stores it (n_out contiguous)
-};
-
-// W (n_out x n_in, quantized) times x (n_in x n_cols, F32) on one backend
+// W (n_out x n_in, quantized) times x (n_in x n_cols, F32) on one backend; y: n_cols columns of n_out
 static bool run_product(ggml_backend_t backend, ggml_type type, const std::vector<uint8_t> & wq, const std::vector<float> & x,
                         int n_in, int n_out, int n_cols, std::vector<float> & y) {
     ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, true};
