@@ -457,8 +457,8 @@ class Ctx:
         self.lc.llama_free(self.ctx)
 
 
-def _with_ctx(model: Path, servers_arg, unified: bool, body):
-    llm = load(model, 0, **({} if servers_arg is None else {"rpc_servers": servers_arg}))
+def _with_ctx(model: Path, servers_arg, unified: bool, body, **kw):
+    llm = load(model, 0, **({} if servers_arg is None else {"rpc_servers": servers_arg}), **kw)
     c = Ctx(llm, unified)
     try:
         return body(c)
@@ -492,8 +492,9 @@ def test_context_shift_equals_local(servers, tiny_model):
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
 
 
+@pytest.mark.parametrize("two", [False, True], ids=["one-server", "two-servers"])
 @pytest.mark.parametrize("unified", [False, True], ids=["streams", "unified"])
-def test_seq_cp_two_sequences_equal_local(servers, tiny_model, unified):
+def test_seq_cp_two_sequences_equal_local(servers, tiny_model, unified, two):
     # sequence 1 copied from 0 (one stream each: K, V and the codes copied on the server; unified: shared cells),
     # then both decoded together with their own tokens
     def body(c: Ctx):
@@ -513,10 +514,74 @@ def test_seq_cp_two_sequences_equal_local(servers, tiny_model, unified):
         return np.stack(rows), c.sparse_steps
 
     want, want_steps = _with_ctx(tiny_model, None, unified, body)
-    got, steps = _with_ctx(tiny_model, servers["a"].endpoint, unified, body)
+    # two: the layers split 1:1 over two servers (layers 0-2 on the first, 3 and the output on the second), so
+    # the sparse layers 2 and 3 are on different servers, each with its own layers' codes
+    got, steps = (_with_ctx(tiny_model, [servers["a"].endpoint, servers["b"].endpoint], unified, body, tensor_split=[1, 1])
+                  if two else _with_ctx(tiny_model, servers["a"].endpoint, unified, body))
     assert steps == want_steps and steps > 0
     assert not np.array_equal(got[-1][0], got[-1][1])  # the sequences did part
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+# ---- layers split over two servers (two devices; issue 19's bars need two GPUs, this is their CPU stand-in) ------
+
+# the tiny model's slots: layers 0-1 (dense, n_dense 2), 2-3 (sparse) and the output
+SPLITS = {
+    "dense-only-first": dict(tensor_split=[2, 3]),               # first: layers 0-1 (dense only); second: 2-3, output
+    "sparse-on-both": dict(tensor_split=[1, 1]),                 # first: layers 0-2; second: 3, output
+    "partial": dict(tensor_split=[1, 1], n_gpu_layers=4),        # the CPU: layer 0; first: 1-2; second: 3, output
+}
+
+
+def _continue(llm, state, rows: np.ndarray, steps: int = 4) -> np.ndarray:
+    """Loads a saved state (into llm's context) and decodes `steps` greedy tokens on from rows' last logits."""
+    llm.load_state(state)
+    out = [rows[-1]]
+    for _ in range(steps):
+        llm.eval([int(np.argmax(out[-1]))])
+        out.append(last_logits(llm))
+    assert llm.adamas_verify_codes() == 0
+    return np.stack(out[1:])
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_layer_split_equals_local(servers, tiny_model, split):
+    # ubatches of 32: the 100-token prompt is prefilled in four, its codes written by each on the device holding the
+    # layer; then the sparse steps, a state saved and loaded into a new context on the same split, and four steps
+    # more: all bitwise as the same run on the local CPU
+    kw = dict(n_ubatch=32, n_batch=32)
+
+    def run(llm):
+        got, steps = trace(llm, prompt_tokens(PROMPT, llm.n_vocab()))
+        assert llm.adamas_verify_codes() == 0
+        return got, steps, llm.save_state()
+
+    local = load(tiny_model, BUDGET, **kw)
+    try:
+        want, want_steps, state = run(local)
+        want_more = _continue(local, state, want)
+    finally:
+        local.close()
+
+    eps = [servers["a"].endpoint, servers["b"].endpoint]
+    llm = load(tiny_model, BUDGET, rpc_servers=eps, **kw, **SPLITS[split])
+    try:
+        assert len(llm.rpc_devices) == 2
+        # nothing falls back: both sparse layers sparse, no layer refused, no reason
+        assert llm.adamas_unavailable_reason is None and llm.adamas_n_sparse_layers == 2
+        assert not llm.adamas_refused_layers
+        got, steps, state = run(llm)
+    finally:
+        llm.close()
+    llm = load(tiny_model, BUDGET, rpc_servers=eps, **kw, **SPLITS[split])  # a new context, the servers' caches new
+    try:
+        got_more = _continue(llm, state, got)
+    finally:
+        llm.close()
+    assert steps == want_steps == STEPS
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+    assert np.array_equal(got_more, want_more), f"after the reload: max |diff| {np.abs(got_more - want_more).max()}"
+    assert servers["a"].alive() and servers["b"].alive()
 
 
 # ---- test-backend-ops through an rpc-server ------------------------------------------------------------------
