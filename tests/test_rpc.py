@@ -10,6 +10,7 @@ Adamas off for its layers, with the reason, and decode exactly as local dense: n
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -416,17 +417,19 @@ class Ctx:
     """A context of its own on llm's model, for what llama_cpp.Llama does not expose: several sequences
     (n_seq_max 2, unified cache or one stream per sequence) and explicit positions."""
 
-    def __init__(self, llm, unified: bool):
+    def __init__(self, llm, unified: bool, budget: int = BUDGET, cb_eval=None):
         lc = adamas_gguf.llama_cpp
         cp = lc.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 2*N_CTX, N_CTX, N_CTX, 2
         cp.kv_unified = unified
         cp.n_threads = cp.n_threads_batch = THREADS
         cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        if cb_eval is not None:  # the scheduler's eval callback (a ggml_backend_sched_eval_callback, kept alive by the caller)
+            cp.cb_eval = cb_eval
         self.lc, self.n_vocab = lc, llm.n_vocab()
         self.ctx = lc.llama_init_from_model(llm.model, cp)
         assert self.ctx, "llama_init_from_model failed"
-        assert _lib.llama_adamas_set(self.ctx, adamas_gguf.AdamasParams(budget=BUDGET).to_c()) == 0
+        assert _lib.llama_adamas_set(self.ctx, adamas_gguf.AdamasParams(budget=budget).to_c()) == 0
         self.mem = lc.llama_get_memory(self.ctx)
 
     def decode(self, items: list[tuple[int, int, int]]) -> list[np.ndarray]:
@@ -581,6 +584,91 @@ def test_layer_split_equals_local(servers, tiny_model, split):
     assert steps == want_steps == STEPS
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
     assert np.array_equal(got_more, want_more), f"after the reload: max |diff| {np.abs(got_more - want_more).max()}"
+    assert servers["a"].alive() and servers["b"].alive()
+
+
+class _GgmlTensor(ctypes.Structure):
+    """The head of ggml.h's struct ggml_tensor (the pinned upstream's layout), for the eval callback below."""
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64*4), ("nb", ctypes.c_size_t*4),
+                ("op", ctypes.c_int), ("op_params", ctypes.c_int32*16), ("flags", ctypes.c_int32),
+                ("src", ctypes.c_void_p*10), ("view_src", ctypes.c_void_p), ("view_offs", ctypes.c_size_t),
+                ("data", ctypes.c_void_p), ("name", ctypes.c_char*64)]
+
+
+def _ggml_base():
+    lib = ctypes.CDLL(str(Path(_lib.LIB_DIR) / "libggml-base.so"))
+    lib.ggml_op_desc.restype = ctypes.c_char_p
+    lib.ggml_op_desc.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_buffer_name.restype = ctypes.c_char_p
+    lib.ggml_backend_buffer_name.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def _step_nodes(model: Path, eps: list[str], budget: int) -> list[tuple]:
+    """The nodes of one decode step after a 100-token prompt, in the order the scheduler computed them, with the
+    layers split 1:1 over two servers: (op, name, device of its result, [(name, device) of each source])."""
+    g = _ggml_base()
+    rec: list[tuple] = []
+    on = [False]
+
+    def dev(buf) -> str:
+        return g.ggml_backend_buffer_name(buf).decode() if buf else "-"
+
+    @adamas_gguf.llama_cpp.ggml_backend_sched_eval_callback
+    def cb(t, ask, _user):
+        if ask:
+            return on[0]  # observe every node of the step
+        x = _GgmlTensor.from_address(t)
+        srcs = [_GgmlTensor.from_address(p) for p in x.src if p]
+        rec.append((g.ggml_op_desc(t).decode(), x.name.decode(), dev(x.buffer),
+                    [(y.name.decode(), dev(y.buffer)) for y in srcs]))
+        return True
+
+    llm = load(model, 0, rpc_servers=eps, tensor_split=[1, 1])
+    c = Ctx(llm, False, budget=budget, cb_eval=cb)
+    try:
+        last = c.prompt(prompt_tokens(PROMPT, c.n_vocab))
+        on[0] = True
+        c.decode([(int(np.argmax(last)), PROMPT, 0)])
+        assert c.sparse_steps == (1 if budget else 0)
+    finally:
+        c.close()
+        llm.close()
+    return rec
+
+
+def _device_runs(rec: list[tuple]) -> list[str]:
+    """The devices of the computed nodes, consecutive repeats merged: a split of the scheduler's graph per run."""
+    runs: list[str] = []
+    for op, _, d, _ in rec:
+        if op not in ("VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE", "NONE") and (not runs or runs[-1] != d):
+            runs.append(d)
+    return runs
+
+
+def test_layer_split_placement(servers, tiny_model):
+    # issue 19's placement bars, with two servers standing in for two GPUs (layers 0-2 on the first, 3 and the
+    # output on the second): each sparse layer's encode, select and attention run on the device that holds the
+    # layer's K (their code and K sources read in place: no scheduler copy, whose names carry a '#'), and the sparse
+    # step runs in as many device runs (the scheduler's splits) as the dense step
+    eps = [servers["a"].endpoint, servers["b"].endpoint]
+    dense = _step_nodes(tiny_model, eps, 0)
+    sparse = _step_nodes(tiny_model, eps, BUDGET)
+    ada = [r for r in sparse if r[0].startswith("ADAMAS_")]
+    assert not [r for r in dense if r[0].startswith("ADAMAS_")]
+    sel = [r for r in ada if r[0] == "ADAMAS_SELECT"]
+    att = [r for r in ada if r[0] == "ADAMAS_ATTN"]
+    assert len(sel) == 2 and len(att) == 2, [r[:3] for r in ada]  # layers 2 and 3
+    # one sparse layer on each server (a buffer's name carries its server's endpoint)
+    assert sorted(ep for ep in eps for r in sel if ep in r[2]) == sorted(eps), [r[:3] for r in sel]
+    for op, name, d, srcs in ada:
+        assert d.startswith("RPC"), (op, name, d)
+        for sname, sd in srcs:
+            # the scheduler's copies are named DEVICE#tensor#n: a graph input (cell indices, the mask) comes from the
+            # host as for dense, but no cache tensor (K, V, the codes) may be copied
+            assert not ("#" in sname and "cache_" in sname), f"{op} {name} on {d} reads a copy {sname}"
+            assert sd == d, f"{op} {name} on {d} reads {sname} on {sd}"
+    assert _device_runs(sparse) == _device_runs(dense), (_device_runs(dense), _device_runs(sparse))
     assert servers["a"].alive() and servers["b"].alive()
 
 
