@@ -470,7 +470,8 @@ def _with_ctx(model: Path, servers_arg, unified: bool, body, **kw):
         llm.close()
 
 
-def test_context_shift_equals_local(servers, tiny_model):
+@pytest.mark.parametrize("two", [False, True], ids=["one-server", "two-servers"])
+def test_context_shift_equals_local(servers, tiny_model, two):
     # drop positions [10, 30) and move the rest back by 20 (the K rope shift and the codes' re-encode both run
     # on the server); 84 cells stay, past the budget, so the steps after the shift are sparse too
     def body(c: Ctx):
@@ -490,7 +491,9 @@ def test_context_shift_equals_local(servers, tiny_model):
         return np.stack(rows), c.sparse_steps
 
     want, want_steps = _with_ctx(tiny_model, None, True, body)
-    got, steps = _with_ctx(tiny_model, servers["a"].endpoint, True, body)
+    # two: layers 0-2 on the first server, 3 on the second: each re-ropes and re-encodes its own layers
+    got, steps = (_with_ctx(tiny_model, [servers["a"].endpoint, servers["b"].endpoint], True, body, tensor_split=[1, 1])
+                  if two else _with_ctx(tiny_model, servers["a"].endpoint, True, body))
     assert steps == want_steps == 12
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
 
