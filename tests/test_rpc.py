@@ -889,10 +889,18 @@ def test_serve_rpc(tmp_path, default_model):
     (["-ts", "0,0"], 2, "at least one proportion must be > 0"),
     (["-sm", "rows"], 2, "invalid choice: 'rows'"),
     (["-mg", "99"], 2, "-mg/--main-gpu: 99 is out of range"),
+    (["--rpc", "127.0.0.1:1", "-sm", "row"], 1, "-sm row: an rpc-server's device cannot hold rows"),
 ])
 def test_run_bad_device_flags(tiny_model, args, code, words):
     r = _run(tiny_model, *args)
     assert r.returncode == code and words in r.stderr, (r.returncode, r.stderr)
+
+
+def test_row_split_over_rpc_refused_before_loading(tiny_model):
+    # llama.cpp refuses it at load time with a message llama_cpp.Llama turns into "Failed to load model from file";
+    # the library says why before it connects to anything (no server listens on port 1)
+    with pytest.raises(ValueError, match="split_mode row: an rpc-server's device cannot hold rows"):
+        adamas_gguf.Llama(str(tiny_model), rpc_servers="127.0.0.1:1", split_mode=2, verbose=False)
 
 
 def test_run_rpc_nothing_listening(tiny_model):

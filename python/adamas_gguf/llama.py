@@ -65,6 +65,11 @@ class Llama(llama_cpp.Llama):
         _check_flash_attn(params, kwargs.get("flash_attn", True))
         if kwargs.get("rpc_servers") is not None:
             rpc.parse_servers(kwargs["rpc_servers"])  # the spelling; the servers themselves in __init__
+            if kwargs.get("split_mode") == llama_cpp.LLAMA_SPLIT_MODE_ROW:
+                # llama.cpp would fail the load with "device RPC0 does not support split buffers", which
+                # llama_cpp.Llama reports as a model file it could not load
+                raise ValueError("split_mode row: an rpc-server's device cannot hold rows of weights split over "
+                                 "devices; split by layer (LLAMA_SPLIT_MODE_LAYER, the default) with rpc_servers")
         model_path = args[0] if args else kwargs.get("model_path")
         if model_path is not None:  # None: unpickling (__new__ without arguments, then __setstate__)
             check_gguf(models.resolve_model(model_path))

@@ -342,6 +342,9 @@ def device_kwargs(args) -> dict:
                             "(or pip install with -Ccmake.define.ADAMAS_BUILD_RPC=ON)")
         out["rpc_servers"] = args.rpc
     if args.split_mode is not None:
+        if args.rpc is not None and args.split_mode == "row":
+            raise UserError("-sm row: an rpc-server's device cannot hold rows of weights split over devices; "
+                            "use -sm layer (the default) with --rpc")
         out["split_mode"] = SPLIT_MODES[args.split_mode]
     if args.tensor_split is not None:
         out["tensor_split"] = args.tensor_split
