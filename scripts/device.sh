@@ -21,6 +21,9 @@
 #   scripts/device.sh decodetest [SHAPE]  there: test-adamas-decode on one tiny model (default mha-d128) on CUDA,
 #                               its full output kept, under each rerank and distance-scan switch
 #                               (GGML_CUDA_ADAMAS_RR_CLUSTER, GGML_CUDA_ADAMAS_DIST_ASYNC), twice as built
+#   scripts/device.sh two       there, on a machine of two GPUs (issue 19): the CUDA decode tests with the layers over
+#                               both (llama.cpp's default split), then decode t/s on one against two GPUs in one run
+#                               per model (bench-adamas-decode -ng 1,2; MODELS: 7b and/or 8b, DEPTHS 32768,131072)
 #   scripts/device.sh perf      there: test-backend-ops perf of the Adamas ops and of upstream flash attention
 #   scripts/device.sh passkey   there: SmolLM2 passkey answers on CPU and GPU (model: $ADAMAS_MODEL, or the
 #                               parts .device/m1/smol.part.aa + .device/m2/smol.part.ab joined, sent in two calls)
@@ -131,6 +134,20 @@ decodetest)
         rc=0; env $sw $BUILD/tests/cpp/test-adamas-decode "$M" 99 > "$f" 2>&1 || rc=$?
         echo "${sw:-as built}: rc $rc, $(grep -c FAIL "$f") failed checks"; grep FAIL "$f" | head -5 || true
     done
+    ;;
+two)
+    nvidia-smi -L
+    rc=0
+    ctest --test-dir $BUILD -j4 -R "adamas-decode-cuda|^decode-cuda" --output-on-failure > "$LOG/ctest-two.log" 2>&1 || rc=1
+    grep -m 20 -E "tests passed|FAIL|Failed" "$LOG/ctest-two.log" || true
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    for m in ${MODELS:-7b 8b}; do
+        shape=$([ $m = 7b ] && echo 7b-mha || echo 8b-gqa)
+        [ -f /tmp/r$m.gguf ] || $PY models/random_llama.py /tmp/r$m.gguf --shape $shape
+        $BUILD/tests/cpp/bench-adamas-decode -m /tmp/r$m.gguf -d ${DEPTHS:-32768,131072} -b 0,64 -n 32 -r 2 -ng 1,2 \
+            | tee -a "$LOG/two.md" || rc=1
+    done
+    exit $rc
     ;;
 perf)
     # PERF_KV: the cache sizes to time, a regex (default all three: 8192|32768|131072)

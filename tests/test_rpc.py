@@ -776,6 +776,27 @@ def test_bench_decode_through_rpc(ops_servers, tiny_model):
     assert ops_servers["good"].alive() and ops_servers["refuse"].alive()
 
 
+def test_bench_decode_one_and_two_devices(servers, tiny_model):
+    # -ng 1,2 (issue 19 item 6's one-against-two-GPUs run, two servers standing in): the model on the first device,
+    # then split by layer over both, in one run; each block dense and budget 64, with the same sparse steps
+    eps = f"{servers['a'].endpoint},{servers['b'].endpoint}"
+    r = subprocess.run([str(BENCH_DECODE), "-m", str(tiny_model), "-d", "256", "-b", f"0,{BUDGET}", "-n", "16", "-r", "1",
+                        "-t", str(THREADS), "--rpc", eps, "-ng", "1,2"], capture_output=True, text=True, timeout=180)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    rows = [[c.strip() for c in ln.split("|")] for ln in r.stdout.splitlines() if ln.startswith(f"| {tiny_model.name} [")]
+    got = {(c[1], int(c[4])): (float(c[6]), int(c[9])) for c in rows}
+    assert set(got) == {(f"{tiny_model.name} [{n} dev]", b) for n in (1, 2) for b in (0, BUDGET)}, out[-3000:]
+    assert all(tps > 0 for tps, _ in got.values()), got
+    assert {k: steps for k, (_, steps) in got.items()} == {k: 16 if k[1] else 0 for k in got}, got
+    assert "Adamas unavailable" not in out, out
+    # more devices than there are
+    r = subprocess.run([str(BENCH_DECODE), "-m", str(tiny_model), "--rpc", servers["a"].endpoint, "-ng", "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "-ng 2: only 1 device(s) here" in r.stderr, r.stderr
+    assert servers["a"].alive() and servers["b"].alive()
+
+
 def test_bench_decode_rpc_empty_entry(tiny_model):
     r = subprocess.run([str(BENCH_DECODE), "-m", str(tiny_model), "--rpc", "127.0.0.1:1,"], capture_output=True,
                        text=True, timeout=60)
