@@ -1151,7 +1151,7 @@ void ggml_cuda_op_adamas_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst
     a.n_lead    = ggml_get_op_params_i32(dst, 3);
     a.dst       = (float *) dst->data;
     // GGML_CUDA_ADAMAS_RR_CLUSTER=0: the two-kernel rerank everywhere (as upstream's GGML_CUDA_* switches: for A/B runs)
-    static const bool rr_cluster_env = !(getenv("GGML_CUDA_ADAMAS_RR_CLUSTER") && atoi(getenv("GGML_CUDA_ADAMAS_RR_CLUSTER")) == 0);
+    static const bool rr_cluster_env = adamas_env_switch("GGML_CUDA_ADAMAS_RR_CLUSTER", true);
     a.rr_cluster = rr_cluster_env && GGML_CUDA_CC_IS_NVIDIA(ggml_cuda_info().devices[ctx.device].cc) &&
                    ggml_cuda_info().devices[ctx.device].cc >= GGML_CUDA_CC_HOPPER;
     GGML_ASSERT(a.kt >= 0 && a.vt >= 0);

@@ -31,6 +31,13 @@
 // distance buffer value of a masked cell (the CPU kernel's ADAMAS_NONE)
 #define ADAMAS_DIST_NONE 0xFFFFu
 
+// an environment switch (GGML_CUDA_ADAMAS_*, the harness's ADAMAS_*): def when unset, else whether its integer value
+// is not 0; callers read it once (a static), as upstream's GGML_CUDA_* switches are read
+static inline bool adamas_env_switch(const char * name, bool def) {
+    const char * e = getenv(name);
+    return e ? atoi(e) != 0 : def;
+}
+
 // dynamic shared memory above the 48 KiB default must be opted into per kernel; capture-safe (not a stream
 // operation) and idempotent
 template <typename K>

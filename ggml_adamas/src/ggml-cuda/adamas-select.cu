@@ -684,10 +684,7 @@ static size_t adamas_select_smem_limit(const adamas_select_args & a) {
 // GGML_CUDA_ADAMAS_DIST_ASYNC=1: the async scan where it applies (read once). Off by default until it has run on
 // a GPU: it passed only compilation and a model of its indexing so far (docs/perf-notes.md, v12).
 static bool adamas_select_async_env() {
-    static const bool on = [] {
-        const char * e = getenv("GGML_CUDA_ADAMAS_DIST_ASYNC");
-        return e && atoi(e) != 0;
-    }();
+    static const bool on = adamas_env_switch("GGML_CUDA_ADAMAS_DIST_ASYNC", false);
     return on;
 }
 

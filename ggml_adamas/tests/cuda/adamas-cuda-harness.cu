@@ -56,7 +56,7 @@ static float f16r(float x) { return __half2float(__float2half_rn(x)); }
 // steps; warm replays (the default) find them in L2 and favour plans with fewer loads in flight. The flush's own
 // time (timed alone the same way) is subtracted.
 static bool harness_cold() {
-    static const bool cold = getenv("ADAMAS_HARNESS_COLD") && atoi(getenv("ADAMAS_HARNESS_COLD")) != 0;
+    static const bool cold = adamas_env_switch("ADAMAS_HARNESS_COLD", false);
     return cold;
 }
 
@@ -384,7 +384,7 @@ static bool harness_rr_cluster() {
     static int v = -1;
     if (v < 0) {
         cudaDeviceProp p; CK(cudaGetDeviceProperties(&p, 0));
-        v = p.major >= 9 && !(getenv("ADAMAS_RR_OLD") && atoi(getenv("ADAMAS_RR_OLD")) != 0);
+        v = p.major >= 9 && !adamas_env_switch("ADAMAS_RR_OLD", false);
     }
     return v != 0;
 }
