@@ -133,13 +133,23 @@ def trace(llm, toks: list[int], steps: int = STEPS):
     return np.stack(rows), llm.adamas_sparse_steps - s0
 
 
+def _continue(llm, state, rows: np.ndarray, steps: int = 4) -> np.ndarray:
+    """Loads a saved state (into llm's context) and decodes `steps` greedy tokens on from rows' last logits;
+    the codes must then equal K's encoding."""
+    llm.load_state(state)
+    out = [rows[-1]]
+    for _ in range(steps):
+        llm.eval([int(np.argmax(out[-1]))])
+        out.append(last_logits(llm))
+    assert llm.adamas_verify_codes() == 0
+    return np.stack(out[1:])
+
+
 def trace_then_reload(llm, toks: list[int]):
     """trace(), then a state save and load and one more step: a context decoding dense while past the budget
     leaves its codes stale, and nothing may try to rebuild them on the device that refused them."""
     got, steps = trace(llm, toks)
-    llm.load_state(llm.save_state())
-    llm.eval([int(np.argmax(got[-1]))])
-    assert llm.adamas_verify_codes() == 0
+    _continue(llm, llm.save_state(), got, steps=1)
     return got, steps
 
 
@@ -460,6 +470,15 @@ class Ctx:
         self.lc.llama_free(self.ctx)
 
 
+def _one_or_two(servers, two: bool) -> tuple:
+    """rpc_servers and the split for _with_ctx: server a alone, or a and b with the layers split 1:1 (layers 0-2 on
+    the first, 3 and the output on the second: the sparse layers 2 and 3 on different servers, each with its own
+    layers' codes)."""
+    if two:
+        return [servers["a"].endpoint, servers["b"].endpoint], {"tensor_split": [1, 1]}
+    return servers["a"].endpoint, {}
+
+
 def _with_ctx(model: Path, servers_arg, unified: bool, body, **kw):
     llm = load(model, 0, **({} if servers_arg is None else {"rpc_servers": servers_arg}), **kw)
     c = Ctx(llm, unified)
@@ -491,9 +510,9 @@ def test_context_shift_equals_local(servers, tiny_model, two):
         return np.stack(rows), c.sparse_steps
 
     want, want_steps = _with_ctx(tiny_model, None, True, body)
-    # two: layers 0-2 on the first server, 3 on the second: each re-ropes and re-encodes its own layers
-    got, steps = (_with_ctx(tiny_model, [servers["a"].endpoint, servers["b"].endpoint], True, body, tensor_split=[1, 1])
-                  if two else _with_ctx(tiny_model, servers["a"].endpoint, True, body))
+    # two: each server re-ropes and re-encodes its own layers
+    eps, kw = _one_or_two(servers, two)
+    got, steps = _with_ctx(tiny_model, eps, True, body, **kw)
     assert steps == want_steps == 12
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
 
@@ -520,10 +539,8 @@ def test_seq_cp_two_sequences_equal_local(servers, tiny_model, unified, two):
         return np.stack(rows), c.sparse_steps
 
     want, want_steps = _with_ctx(tiny_model, None, unified, body)
-    # two: the layers split 1:1 over two servers (layers 0-2 on the first, 3 and the output on the second), so
-    # the sparse layers 2 and 3 are on different servers, each with its own layers' codes
-    got, steps = (_with_ctx(tiny_model, [servers["a"].endpoint, servers["b"].endpoint], unified, body, tensor_split=[1, 1])
-                  if two else _with_ctx(tiny_model, servers["a"].endpoint, unified, body))
+    eps, kw = _one_or_two(servers, two)
+    got, steps = _with_ctx(tiny_model, eps, unified, body, **kw)
     assert steps == want_steps and steps > 0
     assert not np.array_equal(got[-1][0], got[-1][1])  # the sequences did part
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
@@ -537,17 +554,6 @@ SPLITS = {
     "sparse-on-both": dict(tensor_split=[1, 1]),                 # first: layers 0-2; second: 3, output
     "partial": dict(tensor_split=[1, 1], n_gpu_layers=4),        # the CPU: layer 0; first: 1-2; second: 3, output
 }
-
-
-def _continue(llm, state, rows: np.ndarray, steps: int = 4) -> np.ndarray:
-    """Loads a saved state (into llm's context) and decodes `steps` greedy tokens on from rows' last logits."""
-    llm.load_state(state)
-    out = [rows[-1]]
-    for _ in range(steps):
-        llm.eval([int(np.argmax(out[-1]))])
-        out.append(last_logits(llm))
-    assert llm.adamas_verify_codes() == 0
-    return np.stack(out[1:])
 
 
 @pytest.mark.parametrize("split", list(SPLITS))
@@ -745,19 +751,24 @@ def test_backend_ops_upstream_server_runs_none(tmp_path):
 BENCH_DECODE = Path(_build_info.BUILD_DIR) / "tests" / "cpp" / "bench-adamas-decode"
 
 
-def bench_decode(model: Path, *extra: str) -> tuple[dict, str]:
-    """bench-adamas-decode at depth 256, dense and budget 64, 16 steps, one round: {budget: sparse steps} from its
-    table, and its whole output."""
+def bench_rows(model: Path, *extra: str, timeout: float = 120) -> tuple[list, str]:
+    """bench-adamas-decode at depth 256, dense and budget 64, 16 steps, one round: the cells of its table's rows
+    (every t/s > 0), and its whole output."""
     assert BENCH_DECODE.is_file(), f"{BENCH_DECODE}: build with -Ccmake.define.ADAMAS_BUILD_TESTS=ON (make test)"
     r = subprocess.run([str(BENCH_DECODE), "-m", str(model), "-d", "256", "-b", f"0,{BUDGET}", "-n", "16", "-r", "1",
-                        "-t", str(THREADS), *extra], capture_output=True, text=True, timeout=120)
+                        "-t", str(THREADS), *extra], capture_output=True, text=True, timeout=timeout)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    rows = [ln.split("|") for ln in r.stdout.splitlines() if ln.startswith(f"| {model.name} |")]
-    assert len(rows) == 2, out[-3000:]
-    steps = {int(c[4]): int(c[9]) for c in rows}
+    rows = [[c.strip() for c in ln.split("|")] for ln in r.stdout.splitlines() if ln.startswith(f"| {model.name}")]
     assert all(float(c[6]) > 0 for c in rows), rows
-    return steps, out
+    return rows, out
+
+
+def bench_decode(model: Path, *extra: str) -> tuple[dict, str]:
+    """bench_rows of one model load: {budget: sparse steps}, and the whole output."""
+    rows, out = bench_rows(model, *extra)
+    assert len(rows) == 2, out[-3000:]
+    return {int(c[4]): int(c[9]) for c in rows}, out
 
 
 def test_bench_decode_through_rpc(ops_servers, tiny_model):
@@ -780,15 +791,10 @@ def test_bench_decode_one_and_two_devices(servers, tiny_model):
     # -ng 1,2 (issue 19 item 6's one-against-two-GPUs run, two servers standing in): the model on the first device,
     # then split by layer over both, in one run; each block dense and budget 64, with the same sparse steps
     eps = f"{servers['a'].endpoint},{servers['b'].endpoint}"
-    r = subprocess.run([str(BENCH_DECODE), "-m", str(tiny_model), "-d", "256", "-b", f"0,{BUDGET}", "-n", "16", "-r", "1",
-                        "-t", str(THREADS), "--rpc", eps, "-ng", "1,2"], capture_output=True, text=True, timeout=180)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
-    rows = [[c.strip() for c in ln.split("|")] for ln in r.stdout.splitlines() if ln.startswith(f"| {tiny_model.name} [")]
-    got = {(c[1], int(c[4])): (float(c[6]), int(c[9])) for c in rows}
+    rows, out = bench_rows(tiny_model, "--rpc", eps, "-ng", "1,2", timeout=180)
+    got = {(c[1], int(c[4])): int(c[9]) for c in rows}  # (model [N dev], budget): sparse steps
     assert set(got) == {(f"{tiny_model.name} [{n} dev]", b) for n in (1, 2) for b in (0, BUDGET)}, out[-3000:]
-    assert all(tps > 0 for tps, _ in got.values()), got
-    assert {k: steps for k, (_, steps) in got.items()} == {k: 16 if k[1] else 0 for k in got}, got
+    assert got == {k: 16 if k[1] else 0 for k in got}, got
     assert "Adamas unavailable" not in out, out
     # more devices than there are
     r = subprocess.run([str(BENCH_DECODE), "-m", str(tiny_model), "--rpc", servers["a"].endpoint, "-ng", "2"],
