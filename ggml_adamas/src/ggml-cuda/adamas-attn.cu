@@ -37,6 +37,7 @@ struct adamas_attn_args {
     int     n_split;                                       // blocks per index row
     int     n_keep, n_lead;                                // rerank (0 < n_keep < budget): see the header
     bool    rr_cluster;                                    // rerank in one cluster launch where it serves (sm_90+)
+    bool    par_rank;                                      // the cluster rerank's rank loop, 8 loads a trip (adamas_par_rank_env)
     float * part;                                          // n_split > 1: [n_head*n_q*ns][n_split][D + 2]
     float * logits;                                        // rerank: [index row blocks*n_q*ns][NG][budget]
     float * dst;                                           // F32 [D, n_head, n_q, ns], contiguous
@@ -822,7 +823,7 @@ adamas_attn_rerank_cluster_kernel(const adamas_attn_args a) {
         const float l = j < P ? lg_all[j] : -INFINITY;
         const uint32_t kj = adamas_rr_key(l);
         int r = 0;
-        if (l != -INFINITY && j >= a.n_lead) {
+        if (l != -INFINITY && j >= a.n_lead && !a.par_rank) {
             for (int i = part; i < P; i += TPS) {
                 if (i < a.n_lead) {
                     continue;
@@ -830,6 +831,21 @@ adamas_attn_rerank_cluster_kernel(const adamas_attn_args a) {
                 const float li = lg_all[i];
                 const uint32_t ki = adamas_rr_key(li);
                 r += li != -INFINITY && (ki > kj || (ki == kj && i < j));
+            }
+        } else if (l != -INFINITY && j >= a.n_lead) {
+            // 8 shared loads in flight a trip (a dependent load a compare made this loop latency-bound)
+            for (int i0 = part; i0 < P; i0 += 8*TPS) {
+                float li[8];
+#pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                    const int i = i0 + u*TPS;
+                    li[u] = i < P && i >= a.n_lead ? lg_all[i] : -INFINITY; // lead slots are not ranked
+                }
+#pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                    const uint32_t ki = adamas_rr_key(li[u]);
+                    r += li[u] != -INFINITY && (ki > kj || (ki == kj && i0 + u*TPS < j));
+                }
             }
         }
 #pragma unroll
@@ -1154,6 +1170,7 @@ void ggml_cuda_op_adamas_attn(ggml_backend_cuda_context & ctx, ggml_tensor * dst
     static const bool rr_cluster_env = adamas_env_switch("GGML_CUDA_ADAMAS_RR_CLUSTER", true);
     a.rr_cluster = rr_cluster_env && GGML_CUDA_CC_IS_NVIDIA(ggml_cuda_info().devices[ctx.device].cc) &&
                    ggml_cuda_info().devices[ctx.device].cc >= GGML_CUDA_CC_HOPPER;
+    a.par_rank = adamas_par_rank_env();
     GGML_ASSERT(a.kt >= 0 && a.vt >= 0);
     GGML_ASSERT(a.n_q*a.ns <= 65535);
 

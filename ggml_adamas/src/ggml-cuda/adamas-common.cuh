@@ -38,6 +38,14 @@ static inline bool adamas_env_switch(const char * name, bool def) {
     return e ? atoi(e) != 0 : def;
 }
 
+// GGML_CUDA_ADAMAS_PAR_RANK: the emit's and the cluster rerank's counting ranks with several threads a key and 8
+// shared loads in flight (v13, docs/perf-notes.md); 0: one thread a key walking the keys one load at a time, as
+// before. Off by default until it has run on a GPU. Read once.
+static inline bool adamas_par_rank_env() {
+    static const bool on = adamas_env_switch("GGML_CUDA_ADAMAS_PAR_RANK", false);
+    return on;
+}
+
 // dynamic shared memory above the 48 KiB default must be opted into per kernel; capture-safe (not a stream
 // operation) and idempotent
 template <typename K>

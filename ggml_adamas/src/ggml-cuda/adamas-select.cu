@@ -57,6 +57,7 @@ struct adamas_select_args {
     int64_t chunk;     // cells per distance block
     bool    pipe;      // distance loop loads the next round before counting this one (adamas_select_plan)
     bool    async_ok;  // the device runs cp.async (8.0+, compiled for) and GGML_CUDA_ADAMAS_DIST_ASYNC=1
+    bool    par_rank;  // the emit ranks with several threads a key (adamas_par_rank_env)
 
     uint16_t * dist;  int64_t dist_stride;        // [nrows][dist_stride], dist_stride a multiple of EMIT_PER_T
     int32_t  * hist;                              // [nrows][nbins], zeroed before the distance kernel
@@ -610,13 +611,41 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
 
     // ranking: ascending keys = distance asc, then cell desc (keys are distinct)
     if (n_out <= (int) blockDim.x) {
-        // one candidate per thread: its rank is the number of smaller keys
-        if ((int) threadIdx.x < n_out) {
-            const unsigned long long key = keys[threadIdx.x];
-            int rank = 0;
+        // a candidate's rank is the number of smaller keys, counted by T threads (a power of two: the block's
+        // threads over the candidates, at most a warp) in strided shares with 8 shared loads in flight, then
+        // summed by shuffles. One thread walking all keys a dependent load at a time made the ranking most of
+        // the emit's time (5.8, 11.2 us at pools 64, 256: docs/perf-notes.md, v13); that walk stays the path
+        // while a.par_rank is off. Every thread takes part in the shuffles; those past the candidates count for
+        // the last one and write nothing.
+        const int np = n_out > 1 ? 1 << (32 - __clz(n_out - 1)) : 1;
+        const int T  = a.par_rank ? min(WARP_SIZE, max(1, (int) blockDim.x/np)) : 1;
+        const int NL = a.par_rank ? 8 : 1; // loads a trip
+        const int c  = (int) threadIdx.x/T;
+        const int l  = (int) threadIdx.x%T;
+        const unsigned long long key = n_out > 0 ? keys[min(c, n_out - 1)] : 0;
+        int rank = 0;
+        if (NL == 8) {
+            for (int j0 = l; j0 < n_out; j0 += 8*T) {
+                unsigned long long kj[8];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    const int j = j0 + i*T;
+                    kj[i] = j < n_out ? keys[j] : ~0ull; // ~0 is never smaller than a key
+                }
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    rank += kj[i] < key;
+                }
+            }
+        } else if (c < n_out) {
             for (int j = 0; j < n_out; ++j) {
                 rank += keys[j] < key;
             }
+        }
+        for (int o = T/2; o > 0; o >>= 1) {
+            rank += __shfl_xor_sync(0xFFFFFFFF, rank, o);
+        }
+        if (l == 0 && c < n_out) {
             const int32_t j = (int32_t) ~(uint32_t) (key & 0xFFFFFFFFull);
             out[rank] = crow ? crow[j] : j;
         }
@@ -849,6 +878,7 @@ void ggml_cuda_op_adamas_select(ggml_backend_cuda_context & ctx, ggml_tensor * d
     a.smem_max = ggml_cuda_info().devices[ctx.device].smpbo;
     // the async distance scan where cp.async runs and the build holds its code (not a JIT of older archs' PTX)
     a.async_ok = cp_async_available(ggml_cuda_info().devices[ctx.device].cc) && adamas_select_async_env();
+    a.par_rank = adamas_par_rank_env();
     GGML_ASSERT(a.nbins < ADAMAS_DIST_NONE);
 
     a.dist_stride = adamas_select_dist_stride(a.n_kv);

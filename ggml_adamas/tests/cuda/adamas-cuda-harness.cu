@@ -314,6 +314,7 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     if (sc.pipe >= 0) a.pipe = sc.pipe != 0;
     if (n_blocks) *n_blocks = (a.n_head_kv/a.hb)*((n_pos + a.chunk - 1)/a.chunk)*n_q;
     a.async_ok = harness_async_device() && adamas_select_async_env();
+    a.par_rank = adamas_par_rank_env();
     adamas_select_args a_reg = a, a_async = a; // the two distance scans
     a_reg.async_ok = false;
     a_async.async_ok = harness_async_device();
@@ -499,6 +500,7 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
     a.scale = rr ? 0.125f : 1.0f/sqrtf((float) D); a.softcap = ac.softcap; a.dst = dout.p;
     a.n_keep = ac.n_keep; a.n_lead = ac.n_lead;
     a.rr_cluster = ac.rr < 0 ? harness_rr_cluster() : ac.rr == 1;
+    a.par_rank = adamas_par_rank_env();
     dbuf<float> dpart(std::max<int64_t>(1, adamas_attn_part_size(D, nh, n_q, 1, ac.budget, ac.n_keep))); a.part = dpart.p;
     dbuf<float> dlog(std::max<int64_t>(1, adamas_attn_logits_size(D, nh, ac.n_head_kv, ac.per_head, n_q, 1, ac.budget, ac.n_keep)));
     dlog.poison(); a.logits = dlog.p;
