@@ -630,9 +630,11 @@ static int do_bench() {
     printf("dist: the register scan, async: the async scan (v12); select: the op, with %s\n",
            harness_async_device() && adamas_select_async_env() ? "the async scan" : "the register scan");
     printf("| n_kv | heads q/kv | budget | mode | select | (dist | async | emit) | codes MiB | async GB/s | attn f16 | select 4x | rerank attn f16 |\n|---:|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    const char * only = getenv("ADAMAS_HARNESS_NKV"); // one cache size only (a short device call)
     for (int n_kv : {8192, 32768, 131072}) for (int n_head_kv : {32, 8}) for (int budget : {64, 256, 1024}) {
         for (bool group : {true, false}) {
             if (!group && n_head_kv == 32) continue;
+            if (only && atoi(only) != n_kv) continue;
             float ms_s[4] = {0, 0, 0, 0}, ms_a = 0, ms_s4[4] = {0, 0, 0, 0}, ms_r = 0;
             run_select({128, n_head_kv, 32/n_head_kv, n_kv, 1, budget, group, 1, 0, true}, rng, false, ms_s);
             run_attn({128, n_head_kv, 32/n_head_kv, std::min(n_kv, 32768), 1, budget, !group, ADAMAS_KV_F16, true, 0.0f}, rng, false, &ms_a);
