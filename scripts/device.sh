@@ -31,6 +31,10 @@
 #                               GPL-3; --ops: each Adamas node re-run on the CPU from the GPU's inputs); ARGS go to it
 #   scripts/device.sh e2e       there: random 7B MHA / 8B GQA Q4_0 models, decode t/s at depth, dense vs budgets
 #                               (and depth 512 with budget 1024: within the budget)
+#   scripts/device.sh ab        there: the random 7B MHA at D7 (default 32768) and, with D8 set, the 8B GQA at D8, decode
+#                               t/s dense vs BUDGETS (default 0,64) under each setting of SWITCHES (default: as built, then
+#                               GGML_CUDA_ADAMAS_DIST_ASYNC=1 GGML_CUDA_ADAMAS_PAR_RANK=1 for v12 + v13), rows labelled
+#                               ($LOG/ab.md); the harness's side: `GGML_CUDA_ADAMAS_PAR_RANK=1 scripts/device.sh kernels`
 #   scripts/device.sh multi     there: N sequences decoding together (bench-adamas-decode -np), aggregate t/s,
 #                               dense vs budgets; CASE picks one case (see below), each fits one call
 #   scripts/device.sh load      there: scripts/load_test.py, llama-server with 8 slots, 8 clients, dense vs 64
@@ -187,6 +191,21 @@ e2e)
     $B -m /tmp/r7b.gguf -d 512 -b 0,1024 -n 64 -r 5 --rerank $R | tee -a "$LOG/e2e.md"
     $B -m /tmp/r7b.gguf -d ${D7:-8192,32768,65536} -b ${BUDGETS:-0,64,256} -n 64 -r 3 --rerank $R | tee -a "$LOG/e2e.md"
     $B -m /tmp/r8b.gguf -d ${D8:-32768,131072} -b ${BUDGETS:-0,64,256} -n 64 -r 3 --rerank $R | tee -a "$LOG/e2e.md"
+    ;;
+ab)
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+    [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
+    [ -z "${D8:-}" ] || [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
+    SWITCHES=${SWITCHES:-"-;GGML_CUDA_ADAMAS_DIST_ASYNC=1 GGML_CUDA_ADAMAS_PAR_RANK=1"}
+    IFS=';' read -ra SW <<< "$SWITCHES"
+    for m in 7b ${D8:+8b}; do
+        d=$([ $m = 7b ] && echo ${D7:-32768} || echo $D8)
+        for sw in "${SW[@]}"; do # alternating settings, one model load each: the same machine state for both
+            label=$([ "$sw" = - ] && echo "as built" || echo "$sw")
+            env ${sw#-} $BUILD/tests/cpp/bench-adamas-decode -m /tmp/r$m.gguf -d $d -b ${BUDGETS:-0,64} -n 32 -r 2 2>&1 \
+                | grep -E "^\| r" | sed "s/^/| $label /" | tee -a "$LOG/ab.md"
+        done
+    done
     ;;
 multi)
     # issue 16 item 3: f16 KV, the default selection; -n 16 decode steps of all N sequences, 3 rounds
