@@ -833,7 +833,7 @@ adamas_attn_rerank_cluster_kernel(const adamas_attn_args a) {
                 r += li != -INFINITY && (ki > kj || (ki == kj && i < j));
             }
         } else if (l != -INFINITY && j >= a.n_lead) {
-            // 8 shared loads in flight a trip (a dependent load a compare made this loop latency-bound)
+            // 8 shared loads in flight a trip, where the loop above waits for one load a compare
             for (int i0 = part; i0 < P; i0 += 8*TPS) {
                 float li[8];
 #pragma unroll

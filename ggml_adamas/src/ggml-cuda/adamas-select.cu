@@ -619,12 +619,11 @@ static __global__ void adamas_select_emit_kernel(const adamas_select_args a, con
         // the last one and write nothing.
         const int np = n_out > 1 ? 1 << (32 - __clz(n_out - 1)) : 1;
         const int T  = a.par_rank ? min(WARP_SIZE, max(1, (int) blockDim.x/np)) : 1;
-        const int NL = a.par_rank ? 8 : 1; // loads a trip
         const int c  = (int) threadIdx.x/T;
         const int l  = (int) threadIdx.x%T;
         const unsigned long long key = n_out > 0 ? keys[min(c, n_out - 1)] : 0;
         int rank = 0;
-        if (NL == 8) {
+        if (a.par_rank) {
             for (int j0 = l; j0 < n_out; j0 += 8*T) {
                 unsigned long long kj[8];
 #pragma unroll
