@@ -338,6 +338,16 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
                D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.group ? "GROUP" : "HEAD", a.hb, (long long) a.chunk, sc.mask,
                dist_async == dist ? "same" : "DIFFER", hist_async == hist ? "same" : "DIFFER", out_async == out ? "same" : "DIFFER");
     }
+    if (check) {
+        // the emit's other rank loop (GGML_CUDA_ADAMAS_PAR_RANK, v13) must give the same indices
+        adamas_select_args a_pr = a_reg;
+        a_pr.par_rank = !a_reg.par_rank;
+        std::vector<int32_t> out_pr, hist_pr;
+        std::vector<uint16_t> dist_pr;
+        run(a_pr, out_pr, dist_pr, hist_pr);
+        EXPECT(out_pr == out, "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d %s: indices with par_rank=%d DIFFER",
+               D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.budget, sc.group ? "GROUP" : "HEAD", (int) a_pr.par_rank);
+    }
     if (idx) *idx = out;
 
     if (ms_dist) {
@@ -512,6 +522,16 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
     }
     if (!check) return;
     const std::vector<float> out = dout.down();
+    if (rr) {
+        // the cluster rerank's other rank loop (GGML_CUDA_ADAMAS_PAR_RANK, v13) keeps the same slots: same output bits
+        adamas_attn_args a_pr = a;
+        a_pr.par_rank = !a.par_rank;
+        dout.poison();
+        adamas_attn_launch(a_pr, D, 0);
+        CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+        EXPECT(dout.down() == out, "attn D=%d kv_heads=%d n_kv=%d budget=%d keep=%d lead=%d: output with par_rank=%d DIFFERS",
+               D, ac.n_head_kv, n_kv, ac.budget, ac.n_keep, ac.n_lead, (int) a_pr.par_rank);
+    }
     double err2 = 0, ref2 = 0; int nonfinite = 0;
     for (int iq = 0; iq < n_q; ++iq) for (int h = 0; h < nh; ++h) {
         const int kvh = h/ac.n_gqa;
