@@ -36,7 +36,8 @@
 #                               GGML_CUDA_ADAMAS_DIST_ASYNC=1 GGML_CUDA_ADAMAS_PAR_RANK=1 for v12 + v13), rows labelled
 #                               ($LOG/ab.md); the harness's side: `GGML_CUDA_ADAMAS_PAR_RANK=1 scripts/device.sh kernels`
 #   scripts/device.sh multi     there: N sequences decoding together (bench-adamas-decode -np), aggregate t/s,
-#                               dense vs budgets; CASE picks one case (see below), each fits one call
+#                               dense vs budgets; CASE picks one case (see below), each fits one call; PROFILE=1:
+#                               under nsys, the GPU time per kernel
 #   scripts/device.sh load      there: scripts/load_test.py, llama-server with 8 slots, 8 clients, dense vs 64
 #                               (needs `SERVER=1 scripts/device.sh build`); LOAD_MODEL 7b (q8_0 cache) or 8b
 #   scripts/device.sh rpc       there (needs `RPC=1 scripts/device.sh build`): an rpc-server on CUDA0 on 127.0.0.1;
@@ -213,6 +214,12 @@ multi)
     [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
     [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
     B="$BUILD/tests/cpp/bench-adamas-decode -n 16 -r 3"
+    # PROFILE=1: under Nsight Systems (one round of 8 steps), then the GPU time per kernel ($LOG/multi-kern.csv):
+    # where a sparse step of N sequences spends the time its bytes do not explain (perf-notes, issue 16)
+    if [ -n "${PROFILE:-}" ]; then
+        command -v nsys > /dev/null || { echo "PROFILE=1: nsys is not on this machine"; exit 2; }
+        B="nsys profile -t cuda --cuda-graph-trace=node -f true -o /tmp/multi-prof $BUILD/tests/cpp/bench-adamas-decode -n 8 -r 1"
+    fi
     case "${CASE:-7b}" in
     7b)      $B -m /tmp/r7b.gguf -d 32768 -np 4 -b 0,64,256 ;;          # per-sequence caches
     7b-kvu)  $B -m /tmp/r7b.gguf -d 32768 -np 4 -b 0,64,256 -kvu ;;     # one unified cache
@@ -223,6 +230,10 @@ multi)
     within)  $B -m /tmp/r8b.gguf -d 512 -np 8 -b 0,1024 -r 5 ;;         # every sequence within the budget
     *) echo "CASE: 7b 7b-kvu 7b-mix 8b 8b-128k 8b-8k within"; exit 2 ;;
     esac 2>&1 | tee -a "$LOG/multi-${CASE:-7b}.md"
+    if [ -n "${PROFILE:-}" ]; then
+        nsys stats -r cuda_gpu_kern_sum -f csv /tmp/multi-prof.nsys-rep > "$LOG/multi-kern.csv" 2>/dev/null || true
+        grep -iE "adamas|flash|mul_mat|Time" "$LOG/multi-kern.csv" | head -20 | cut -c1-200
+    fi
     ;;
 load)
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
