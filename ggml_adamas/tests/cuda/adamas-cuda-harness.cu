@@ -204,9 +204,11 @@ static void check_encode(std::mt19937 & rng, int D, int n_head, int n_rows, int 
 // ---- select ----
 struct sel_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool group; int mask; int pool; bool vec;
                   int hb = 0, rounds = 0, pipe = -1;    // distance-kernel shape overrides (0/-1: the op's plan)
-                  int list = 0; };                      // candidate lists (ggml_adamas_select_cells), see below
+                  int list = 0;                         // candidate lists (ggml_adamas_select_cells), see below
+                  int ns = 1; };                        // streams (per-sequence caches), n_q queries each
 // mask: 0 none, 1 f16 with -INF holes and a few +INF, 2 f32 all -INF in query 0; pool: >0 draws codes from
-// that many distinct codes (ties); list: 0 none, 1 each query lists a random half of the cells (a sequence of a
+// that many distinct codes (ties); ns: streams, each its own cache of n_kv cells, its own mask rows and lists
+// (the kernels' stream strides), n_q queries each; list: 0 none, 1 each query lists a random half of the cells (a sequence of a
 // unified cache), then -1 up to a padded length, 2 every cell with -1 entries between them (the result of no list)
 
 static void make_codes(std::mt19937 & rng, int D, int64_t n, int pool, std::vector<uint8_t> & c) {
@@ -235,14 +237,16 @@ static bool harness_async_device() {
 static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, float * ms_dist = nullptr,
                        std::vector<int32_t> * idx = nullptr, int64_t * n_blocks = nullptr) {
     const int D = sc.D, csz = D/4, nh = sc.n_head_kv*sc.n_gqa;
-    const int n_kv = sc.n_kv, n_q = sc.n_q;
+    // n_q: the queries of all streams (stream s holds queries [s*sc.n_q, (s + 1)*sc.n_q)), as the kernels number
+    // their rows; the codes, mask rows and lists below are per such query, K per stream
+    const int n_kv = sc.n_kv, ns = sc.ns, n_q = sc.n_q*ns;
     std::vector<uint8_t> qc, kc;
     make_codes(rng, D, (int64_t) nh*n_q, 0, qc);
-    make_codes(rng, D, (int64_t) sc.n_head_kv*n_kv, sc.pool, kc);
+    make_codes(rng, D, (int64_t) ns*sc.n_head_kv*n_kv, sc.pool, kc);
     // K codes as in a cache: rows of n_head_kv codes per cell, plus a stride pad when !vec (4-byte aligned only)
     const int64_t row = (int64_t) sc.n_head_kv*csz + (sc.vec ? 0 : 4);
-    std::vector<uint8_t> kcache(row*n_kv + 4, 0);
-    for (int c = 0; c < n_kv; ++c) for (int h = 0; h < sc.n_head_kv; ++h)
+    std::vector<uint8_t> kcache(ns*row*n_kv + 4, 0);
+    for (int64_t c = 0; c < (int64_t) ns*n_kv; ++c) for (int h = 0; h < sc.n_head_kv; ++h)
         memcpy(&kcache[c*row + h*csz + (sc.vec ? 0 : 4)], &kc[((int64_t) c*sc.n_head_kv + h)*csz], csz);
     std::vector<uint16_t> mh; std::vector<float> mf;
     const uint16_t F16_NINF = 0xFC00, F16_PINF = 0x7C00, F16_ZERO = 0;
@@ -293,20 +297,20 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
     dbuf<int32_t> dout(nrows*sc.budget); dout.poison();
 
     adamas_select_args a = {};
-    a.qc = (const char *) dq.p; a.qnb1 = csz; a.qnb2 = (int64_t) csz*nh; a.qnb3 = a.qnb2*n_q;
+    a.qc = (const char *) dq.p; a.qnb1 = csz; a.qnb2 = (int64_t) csz*nh; a.qnb3 = a.qnb2*sc.n_q;
     a.kc = (const char *) dk.p + (sc.vec ? 0 : 4); a.knb1 = csz; a.knb2 = row; a.knb3 = row*n_kv;
     a.mask = sc.mask == 1 ? (const char *) dmh.p : sc.mask == 2 ? (const char *) dmf.p : nullptr;
     a.mask_f16 = sc.mask == 1;
-    a.mnb1 = (int64_t) n_kv*(sc.mask == 1 ? 2 : 4); a.mnb3 = a.mnb1*n_q; a.mne3 = 1;
-    a.cells = sc.list > 0 ? (const char *) dcl.p : nullptr; a.cnb1 = (int64_t) n_cand*4; a.cnb2 = a.cnb1*n_q;
-    a.n_head = nh; a.n_head_kv = sc.n_head_kv; a.n_gqa = sc.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_pos;
+    a.mnb1 = (int64_t) n_kv*(sc.mask == 1 ? 2 : 4); a.mnb3 = a.mnb1*sc.n_q; a.mne3 = ns;
+    a.cells = sc.list > 0 ? (const char *) dcl.p : nullptr; a.cnb1 = (int64_t) n_cand*4; a.cnb2 = a.cnb1*sc.n_q;
+    a.n_head = nh; a.n_head_kv = sc.n_head_kv; a.n_gqa = sc.n_gqa; a.n_q = sc.n_q; a.ns = ns; a.n_kv = n_pos;
     a.group = sc.group; a.budget = sc.budget; a.n_sel = n_sel;
     a.nbins = adamas_select_nbins(D, sc.n_gqa, sc.group); a.nrows = nrows;
     a.dist_stride = adamas_select_dist_stride(n_pos);
     dbuf<uint16_t> ddist(nrows*a.dist_stride); dbuf<int32_t> dhist(nrows*a.nbins);
     a.dist = ddist.p; a.hist = dhist.p;
     { cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0)); a.n_sm = prop.multiProcessorCount; }
-    a.dst = (char *) dout.p; a.onb1 = (int64_t) sc.budget*4; a.onb2 = a.onb1*n_sel; a.onb3 = a.onb2*n_q;
+    a.dst = (char *) dout.p; a.onb1 = (int64_t) sc.budget*4; a.onb2 = a.onb1*n_sel; a.onb3 = a.onb2*sc.n_q;
 
     adamas_select_plan(a, D);
     if (sc.hb > 0) a.hb = sc.hb;
@@ -372,7 +376,7 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
                 const int kvh = sc.group ? (int) hs : (int) hs/sc.n_gqa;
                 const int h0 = sc.group ? (int) hs*sc.n_gqa : (int) hs, g = sc.group ? sc.n_gqa : 1;
                 for (int j = 0; j < g; ++j)
-                    d += ref_l1(&qc[((int64_t) iq*nh + h0 + j)*csz], &kc[((int64_t) c*sc.n_head_kv + kvh)*csz], D);
+                    d += ref_l1(&qc[((int64_t) iq*nh + h0 + j)*csz], &kc[(((int64_t) (iq/sc.n_q)*n_kv + c)*sc.n_head_kv + kvh)*csz], D);
             }
             cand.push_back({d, c});
         }
@@ -383,8 +387,8 @@ static void run_select(const sel_case & sc, std::mt19937 & rng, bool check, floa
             if (o[j] != want) { bad++; break; }
         }
     }
-    EXPECT(bad == 0, "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d %s mask=%d pool=%d vec=%d list=%d n_cand=%d hb=%d: %d rows differ",
-           D, sc.n_head_kv, sc.n_gqa, n_kv, n_q, sc.budget, sc.group ? "GROUP" : "HEAD", sc.mask, sc.pool, sc.vec, sc.list, n_cand, a.hb, bad);
+    EXPECT(bad == 0, "select D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d ns=%d budget=%d %s mask=%d pool=%d vec=%d list=%d n_cand=%d hb=%d: %d rows differ",
+           D, sc.n_head_kv, sc.n_gqa, n_kv, sc.n_q, ns, sc.budget, sc.group ? "GROUP" : "HEAD", sc.mask, sc.pool, sc.vec, sc.list, n_cand, a.hb, bad);
     g_checks_async += async;
 }
 
@@ -615,6 +619,13 @@ static int do_check(unsigned seed, bool quick) {
         }
         sel_case sc = {D, 4, 2, 3000, 2, 100, group, 1, 0, true};
         sc.list = list; sc.hb = 2; sc.rounds = 2; sc.pipe = D % 64 == 0;
+        run_select(sc, rng, true);
+    }
+    // several streams (per-sequence caches, issue 16): each its own cache, mask rows and lists; both scans where
+    // the async one applies, with and without lists, one and two queries a stream
+    for (int D : {32, 64, 128, 256}) for (bool group : {false, true}) for (int list : {0, 1}) for (int ns : {2, 5}) {
+        sel_case sc = {D, 4, 2, 1500 + 97*ns, 1 + (ns + list) % 2, 64*ns - 1, group, 1 + list, list ? 0 : 3, list == 0};
+        sc.list = list; sc.ns = ns;
         run_select(sc, rng, true);
     }
     for (int D : {32, 64, 128, 256}) for (int kt : {0, 1, 2, 3, 4}) for (int gqa : {1, 3, 8}) for (bool per_head : {false, true}) {
