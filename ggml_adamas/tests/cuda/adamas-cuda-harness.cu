@@ -409,7 +409,8 @@ struct attn_case { int D, n_head_kv, n_gqa, n_kv, n_q, budget; bool per_head; in
                    int stage = 0;     // timing (rrablate): 0 the op; rerank: 1 score kernel, 2 rerank kernel, 3 rerank
                                       // without the radix select, 4 without V loads, 5 without both; 6 an empty
                                       // kernel on the rerank kernel's grid, 7 on the score kernel's
-                   int rr = -1; };    // rerank path: -1 the harness's default, 0 two kernels, 1 the cluster kernel
+                   int rr = -1;       // rerank path: -1 the harness's default, 0 two kernels, 1 the cluster kernel
+                   int ns = 1; };     // streams (per-sequence caches), n_q queries each
 // (rerank cases: integer q and K, scale 1/8, so the logits are exact)
 
 static void quant_row(int kt, const float * x, int D, std::vector<uint8_t> & out, std::vector<float> & deq) {
@@ -463,16 +464,17 @@ static float time_rerank_stage(adamas_attn_args a, int stage) {
 }
 
 static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float * ms = nullptr) {
-    const int D = ac.D, nh = ac.n_head_kv*ac.n_gqa, n_kv = ac.n_kv, n_q = ac.n_q;
+    // n_q: the queries of all streams (stream s: queries [s*ac.n_q, (s + 1)*ac.n_q)); K and V per stream
+    const int D = ac.D, nh = ac.n_head_kv*ac.n_gqa, n_kv = ac.n_kv, ns = ac.ns, n_q = ac.n_q*ns;
     std::uniform_real_distribution<float> U(-1.0f, 1.0f);
     const bool rr = ac.n_keep > 0 && ac.n_keep < ac.budget;
     std::vector<float> q((size_t) D*nh*n_q);
     for (float & v : q) v = rr ? (float) ((int) (rng() % 5) - 2) : U(rng);
     // K/V cache [D, n_head_kv, n_kv] as llama.cpp lays it out: cell rows of n_head_kv heads
     std::vector<uint8_t> kb, vb, tmp; std::vector<float> deq, x(D);
-    std::vector<float> kd((size_t) n_kv*ac.n_head_kv*D), vd(kd.size());
+    std::vector<float> kd((size_t) ns*n_kv*ac.n_head_kv*D), vd(kd.size());
     int64_t rs = 0;
-    for (int c = 0; c < n_kv; ++c) for (int h = 0; h < ac.n_head_kv; ++h) for (int w = 0; w < 2; ++w) {
+    for (int64_t c = 0; c < (int64_t) ns*n_kv; ++c) for (int h = 0; h < ac.n_head_kv; ++h) for (int w = 0; w < 2; ++w) {
         for (int i = 0; i < D; ++i) {
             // rerank K: integers that every type stores exactly (Q8_0: 0 and +-127 with 127 first in a block of 32,
             // so its scale is 1; the others: [-8, 7] with -8 first)
@@ -504,19 +506,19 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
 
     adamas_attn_args a = {};
     // q as ggml_flash_attn_ext's [D, n_q, n_head, 1] view of a [D, n_head, n_q] tensor
-    a.q = (const char *) dq.p; a.qnb1 = (int64_t) D*4*nh; a.qnb2 = (int64_t) D*4; a.qnb3 = a.qnb1*n_q;
+    a.q = (const char *) dq.p; a.qnb1 = (int64_t) D*4*nh; a.qnb2 = (int64_t) D*4; a.qnb3 = a.qnb1*ac.n_q;
     a.k = (const char *) dk.p; a.knb1 = rs*ac.n_head_kv; a.knb2 = rs; a.knb3 = a.knb1*n_kv; a.kt = ac.kt;
     a.v = (const char *) dv.p; a.vnb1 = rs*ac.n_head_kv; a.vnb2 = rs; a.vnb3 = a.vnb1*n_kv; a.vt = ac.kt;
-    a.mask = ac.mask ? (const char *) dm.p : nullptr; a.mask_f16 = true; a.mnb1 = (int64_t) n_kv*2; a.mnb3 = a.mnb1*n_q; a.mne3 = 1;
-    a.idx = (const char *) di.p; a.inb1 = (int64_t) ac.budget*4; a.inb2 = a.inb1*n_sel; a.inb3 = a.inb2*n_q;
+    a.mask = ac.mask ? (const char *) dm.p : nullptr; a.mask_f16 = true; a.mnb1 = (int64_t) n_kv*2; a.mnb3 = a.mnb1*ac.n_q; a.mne3 = ns;
+    a.idx = (const char *) di.p; a.inb1 = (int64_t) ac.budget*4; a.inb2 = a.inb1*n_sel; a.inb3 = a.inb2*ac.n_q;
     a.budget = ac.budget; a.per_head = ac.per_head;
-    a.n_head = nh; a.n_head_kv = ac.n_head_kv; a.n_gqa = ac.n_gqa; a.n_q = n_q; a.ns = 1; a.n_kv = n_kv;
+    a.n_head = nh; a.n_head_kv = ac.n_head_kv; a.n_gqa = ac.n_gqa; a.n_q = ac.n_q; a.ns = ns; a.n_kv = n_kv;
     a.scale = rr ? 0.125f : 1.0f/sqrtf((float) D); a.softcap = ac.softcap; a.dst = dout.p;
     a.n_keep = ac.n_keep; a.n_lead = ac.n_lead;
     a.rr_cluster = ac.rr < 0 ? harness_rr_cluster() : ac.rr == 1;
     a.par_rank = adamas_par_rank_env();
-    dbuf<float> dpart(std::max<int64_t>(1, adamas_attn_part_size(D, nh, n_q, 1, ac.budget, ac.n_keep))); a.part = dpart.p;
-    dbuf<float> dlog(std::max<int64_t>(1, adamas_attn_logits_size(D, nh, ac.n_head_kv, ac.per_head, n_q, 1, ac.budget, ac.n_keep)));
+    dbuf<float> dpart(std::max<int64_t>(1, adamas_attn_part_size(D, nh, ac.n_q, ns, ac.budget, ac.n_keep))); a.part = dpart.p;
+    dbuf<float> dlog(std::max<int64_t>(1, adamas_attn_logits_size(D, nh, ac.n_head_kv, ac.per_head, ac.n_q, ns, ac.budget, ac.n_keep)));
     dlog.poison(); a.logits = dlog.p;
     adamas_attn_launch(a, D, 0);
     CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
@@ -544,7 +546,7 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
         for (int j = 0; j < ac.budget; ++j) {
             const int c = sel[j]; if (c < 0) continue;
             const double mv = ac.mask ? mval[(size_t) iq*n_kv + c] : 0.0; if (mv == -INFINITY) continue;
-            double s = 0; for (int d = 0; d < D; ++d) s += (double) q[((size_t) iq*nh + h)*D + d]*kd[((size_t) c*ac.n_head_kv + kvh)*D + d];
+            double s = 0; for (int d = 0; d < D; ++d) s += (double) q[((size_t) iq*nh + h)*D + d]*kd[(((size_t) (iq/ac.n_q)*n_kv + c)*ac.n_head_kv + kvh)*D + d];
             s *= (double) a.scale;
             if (ac.softcap != 0) s = ac.softcap*tanh(s/ac.softcap);
             l[j] = s + mv; M = std::max(M, l[j]);
@@ -560,7 +562,7 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
         for (int d = 0; d < D; ++d) {
             double o = 0, S = 0;
             if (M != -INFINITY) for (int j = 0; j < ac.budget; ++j) if (l[j] != -INFINITY) {
-                const double p = exp(l[j] - M); S += p; o += p*vd[((size_t) sel[j]*ac.n_head_kv + kvh)*D + d]; }
+                const double p = exp(l[j] - M); S += p; o += p*vd[(((size_t) (iq/ac.n_q)*n_kv + sel[j])*ac.n_head_kv + kvh)*D + d]; }
             const double ref = M == -INFINITY ? 0.0 : o/S;
             const float got = out[((size_t) iq*nh + h)*D + d];
             nonfinite += !std::isfinite(got);
@@ -568,8 +570,8 @@ static void run_attn(const attn_case & ac, std::mt19937 & rng, bool check, float
         }
     }
     const double rel = sqrt(err2/std::max(ref2, 1e-30));
-    EXPECT(nonfinite == 0 && rel < 1e-4, "attn D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d budget=%d per_head=%d type=%d mask=%d softcap=%g keep=%d lead=%d: rel err %.3g, %d non-finite",
-           D, ac.n_head_kv, ac.n_gqa, n_kv, n_q, ac.budget, ac.per_head, ac.kt, ac.mask, ac.softcap, ac.n_keep, ac.n_lead, rel, nonfinite);
+    EXPECT(nonfinite == 0 && rel < 1e-4, "attn D=%d kv_heads=%d gqa=%d n_kv=%d n_q=%d ns=%d budget=%d per_head=%d type=%d mask=%d softcap=%g keep=%d lead=%d: rel err %.3g, %d non-finite",
+           D, ac.n_head_kv, ac.n_gqa, n_kv, ac.n_q, ns, ac.budget, ac.per_head, ac.kt, ac.mask, ac.softcap, ac.n_keep, ac.n_lead, rel, nonfinite);
 }
 
 static int do_check(unsigned seed, bool quick) {
@@ -639,6 +641,13 @@ static int do_check(unsigned seed, bool quick) {
         attn_case ac = {D, 2, gqa, 700, 1 + (kt % 2), pool, per_head, kt, (kt + gqa) % 2 == 0, kt == 2 ? 20.0f : 0.0f};
         ac.n_keep = 1 + (pool*(1 + kt)) % (pool - 1);
         ac.n_lead = gqa == 3 ? ac.n_keep/3 : 0;
+        run_attn(ac, rng, true);
+    }
+    // several streams (per-sequence caches, issue 16): plain attention, the two-kernel and the cluster rerank
+    for (int D : {64, 128, 256}) for (bool per_head : {false, true}) for (int ns : {2, 3}) for (int kind : {0, 1, 2}) {
+        attn_case ac = {D, 2, 4, 900, 1 + ns % 2, kind ? 256 : 100, per_head, D == 128 ? 1 : 0, true, 0.0f};
+        ac.ns = ns;
+        if (kind) { ac.n_keep = 64; ac.n_lead = per_head ? 16 : 0; ac.rr = kind == 2; }
         run_attn(ac, rng, true);
     }
     for (int pool : {256, 1024, 4096, 8192}) for (bool per_head : {false, true}) {
