@@ -55,6 +55,11 @@ BUNDLE=.device
 LOG=${OUT:-/tmp}
 PY=${PYTHON:-python3}
 BUILD=${BUILD:-build/cuda}
+# the random-weight model /tmp/r7b.gguf (7B MHA) or /tmp/r8b.gguf (8B GQA), written if missing (seconds)
+rmodel() {
+    [ -f /tmp/r$1.gguf ] || PYTHONPATH=/tmp/site:${PYTHONPATH:-} $PY models/random_llama.py /tmp/r$1.gguf \
+        --shape $([ $1 = 7b ] && echo 7b-mha || echo 8b-gqa)
+}
 
 case "${1:-}" in
 bundle)
@@ -142,13 +147,12 @@ decodetest)
     ;;
 two)
     nvidia-smi -L
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-} # as before: for any Python the tests' fixtures run
     rc=0
     ctest --test-dir $BUILD -j4 -R "adamas-decode-cuda|^decode-cuda" --output-on-failure > "$LOG/ctest-two.log" 2>&1 || rc=1
     grep -m 20 -E "tests passed|FAIL|Failed" "$LOG/ctest-two.log" || true
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
     for m in ${MODELS:-7b 8b}; do
-        shape=$([ $m = 7b ] && echo 7b-mha || echo 8b-gqa)
-        [ -f /tmp/r$m.gguf ] || $PY models/random_llama.py /tmp/r$m.gguf --shape $shape
+        rmodel $m
         $BUILD/tests/cpp/bench-adamas-decode -m /tmp/r$m.gguf -d ${DEPTHS:-32768,131072} -b 0,64 -n 32 -r 2 -ng 1,2 \
             | tee -a "$LOG/two.md" || rc=1
     done
@@ -182,9 +186,7 @@ crosscheck)
     $BUILD/tests/cpp/adamas-crosscheck -m $M --text $BUNDLE/GPL-3 -t 16 "$@" 2>&1 | grep -v '^\.*$' | tee -a "$LOG/crosscheck.md"
     ;;
 e2e)
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-    [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
-    [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
+    rmodel 7b; rmodel 8b
     B=$BUILD/tests/cpp/bench-adamas-decode
     # within the budget (the step must be upstream's), then the depths
     # RERANK: the selections timed at each budget (default: the plain code selection and rerank 4)
@@ -194,9 +196,7 @@ e2e)
     $B -m /tmp/r8b.gguf -d ${D8:-32768,131072} -b ${BUDGETS:-0,64,256} -n 64 -r 3 --rerank $R | tee -a "$LOG/e2e.md"
     ;;
 ab)
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-    [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
-    [ -z "${D8:-}" ] || [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
+    rmodel 7b; [ -z "${D8:-}" ] || rmodel 8b
     SWITCHES=${SWITCHES:-"-;GGML_CUDA_ADAMAS_DIST_ASYNC=1 GGML_CUDA_ADAMAS_PAR_RANK=1"}
     IFS=';' read -ra SW <<< "$SWITCHES"
     for m in 7b ${D8:+8b}; do
@@ -210,9 +210,7 @@ ab)
     ;;
 multi)
     # issue 16 item 3: f16 KV, the default selection; -n 16 decode steps of all N sequences, 3 rounds
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-    [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
-    [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
+    rmodel 7b; rmodel 8b
     B="$BUILD/tests/cpp/bench-adamas-decode -n 16 -r 3"
     # PROFILE=1: under Nsight Systems (one round of 8 steps), then the GPU time per kernel ($LOG/multi-kern.csv):
     # where a sparse step of N sequences spends the time its bytes do not explain (perf-notes, issue 16)
@@ -239,11 +237,11 @@ load)
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
     SRV=$($PY -c "import adamas_gguf._build_info as b, pathlib; print(pathlib.Path(b.__file__).parent / 'bin/llama-server')")
     if [ "${LOAD_MODEL:-7b}" = 7b ]; then
-        [ -f /tmp/r7b.gguf ] || $PY models/random_llama.py /tmp/r7b.gguf --shape 7b-mha
+        rmodel 7b
         # 8 x 32K of f16 K and V is 128 GiB for the 7B MHA: a q8_0 cache (68 GiB) fits beside the weights
         M=/tmp/r7b.gguf; X="--server-arg=-ctk --server-arg=q8_0 --server-arg=-ctv --server-arg=q8_0"
     else
-        [ -f /tmp/r8b.gguf ] || $PY models/random_llama.py /tmp/r8b.gguf --shape 8b-gqa
+        rmodel 8b
         M=/tmp/r8b.gguf; X=""
     fi
     $PY scripts/load_test.py -m $M --server "$SRV" -np 8 --clients 8 --prompt-tokens ${PROMPT_TOKENS:-32000} \
