@@ -204,6 +204,10 @@ int main(int argc, char ** argv) {
                       "-token chunks while the others decode (t/s: decoded tokens)").c_str() : "");
     printf("| model | depth | seqs x depth | budget | rerank | t/s (tg%d) | sd | ratio vs dense | sparse steps |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", n_gen);
     std::mt19937 rng(42);
+    // codes are written during the prefill at the largest budget; a dense round writes K without codes, and the
+    // untimed warm-up of the next sparse round rebuilds them
+    long b_max = 0;
+    for (long b : budgets) b_max = std::max(b_max, b);
     for (long ng : ngs) {
         llama_model_params mp = llama_model_default_params();
         mp.n_gpu_layers = ngl;
@@ -222,11 +226,6 @@ int main(int argc, char ** argv) {
         llama_model * mdl = llama_model_load_from_file(model.c_str(), mp);
         if (!mdl) { fprintf(stderr, "cannot load %s\n", model.c_str()); return 1; }
         const int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(mdl));
-
-        // codes are written during the prefill at the largest budget; a dense round writes K without codes, and the
-        // untimed warm-up of the next sparse round rebuilds them
-        long b_max = 0;
-        for (long b : budgets) b_max = std::max(b_max, b);
 
         for (long depth : depths) for (long np : nps) {
             const int n_dec = (int) np - n_mixed; // sequences that decode
