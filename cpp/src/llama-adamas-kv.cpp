@@ -599,6 +599,7 @@ public:
     int32_t n_sparse_layers = 0;
     ggml_tensor * sel_mask = nullptr; // F16/F32 like the KQ mask, with +INF at kept cells
     ggml_tensor * cells    = nullptr; // I32 [plan.n_cand, n_tps, ns]: each query's sequence's cells, -1 padded
+    ggml_tensor * kq_src   = nullptr; // the KQ mask input sel_mask is copied from (null: build it)
 };
 
 // Candidate list length of a sparse step: each query's select ranks only the cells of its sequence (upstream's
@@ -679,20 +680,32 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
     if (!sel_mask || !sel_mask->buffer) {
         return;
     }
-    mctx->set_input_kq_mask(sel_mask, ubatch, causal);
+    // the select mask is the KQ mask with +INF at the forced cells. The KQ mask input was added to the graph before
+    // this one (build_attn_inp_kv precedes the layers), so it is already set for this ubatch: a copy (12 us at 128K
+    // F16 cells) instead of building it again (~300 us, linear in the cells).
+    if (kq_src && kq_src->buffer && ggml_backend_buffer_is_host(kq_src->buffer) && kq_src->type == sel_mask->type &&
+            ggml_are_same_shape(kq_src, sel_mask) && ggml_is_contiguous(kq_src) && ggml_is_contiguous(sel_mask)) {
+        memcpy(sel_mask->data, kq_src->data, ggml_nbytes(sel_mask));
+    } else {
+        mctx->set_input_kq_mask(sel_mask, ubatch, causal);
+    }
 
     constexpr uint16_t ADAMAS_F16_NINF_BITS = 0xFC00u;
     constexpr uint32_t ADAMAS_F32_NINF_BITS = 0xFF800000u;
-    // keep the n_sink oldest and the n_recent newest visible cells of each query row. Positions within a sequence
-    // are distinct, so when the visible positions have no gap at either end those cells are the ones within n_sink
-    // of the lowest and n_recent of the highest: two passes over the row and no sort (at 128K cells 168 us a row
-    // against 209 with the sort, on the CI CPU; the passes are the cost); any gap falls back to nth_element.
+    // keep the n_sink oldest and the n_recent newest visible cells of each query row. In a causal, 1-D, non-SWA
+    // row the visible cells are the (pos, cell) pairs of the token's sequence up to its position, which the cells
+    // keep ordered (seq_pos): the forced ones are the first n_sink and the last n_recent of that range, found
+    // without reading the row. Otherwise (M-RoPE, SWA, non-causal) the row is read: where the visible positions
+    // have no gap at either end the forced cells are those within n_sink of the lowest and n_recent of the highest
+    // (two passes, no sort); any gap falls back to nth_element over (pos, cell), the same order as seq_pos.
     const int64_t n_kv  = sel_mask->ne[0];
     const int64_t n_row = sel_mask->ne[1];
     const int64_t n_str = sel_mask->ne[3];
     const bool    f16   = sel_mask->type == GGML_TYPE_F16;
     const auto & sinfo = mctx->sinfos[mctx->i_cur];
     const int32_t p_recent = llama_adamas_n_recent(&p); // AUTO resolved once for the step
+    const bool by_seq = causal && !ubatch->is_pos_2d() && mctx->kv->swa_type == LLAMA_SWA_TYPE_NONE &&
+                        n_row*n_str == (int64_t) ubatch->n_tokens;
     std::vector<std::pair<llama_pos, int64_t>> vis;
     std::vector<int64_t> forced;
     for (int64_t s = 0; s < n_str; ++s) {
@@ -711,6 +724,19 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
                     ((float *) row)[c] = INFINITY;
                 }
             };
+            if (by_seq) {
+                const int64_t i = s*n_row + r;
+                const auto & sp = cells.seq_pos_get(ubatch->seq_id[i][0]);
+                auto lo = sp.begin();
+                auto hi = sp.upper_bound({ ubatch->pos[i], std::numeric_limits<uint32_t>::max() }); // causal: pos <= p1
+                for (int64_t k = 0; k < p.n_sink && lo != hi; ++k, ++lo) {
+                    keep(lo->second);
+                }
+                for (int64_t k = 0; k < p_recent && hi != lo; ++k) {
+                    keep((--hi)->second); // stops where the sinks end: fewer visible than both keeps all
+                }
+                continue;
+            }
             int64_t n = 0;
             llama_pos p_lo = std::numeric_limits<llama_pos>::max(), p_hi = std::numeric_limits<llama_pos>::min();
             for (int64_t c = 0; c < n_kv; ++c) {
@@ -905,6 +931,7 @@ ggml_tensor * llama_adamas_kv::build_attn(
             obj->sel_mask = ggml_new_tensor(ctx0, kq_mask->type, 4, kq_mask->ne);
             ggml_set_input(obj->sel_mask);
             ggml_set_name(obj->sel_mask, "adamas_sel_mask");
+            obj->kq_src = (kq_mask->flags & GGML_TENSOR_FLAG_INPUT) ? kq_mask : nullptr;
         }
         if (obj->plan.n_cand > 0) {
             // k: [D, n_head_kv, n_kv, ns]; one list per query (the ubatch's tokens, n_tps per stream)

@@ -762,6 +762,65 @@ int main(int argc, char ** argv) {
               max_rel_diff(rebuilt, direct));
     }
 
+    // ---- 4e. the forced cells are the sequence's oldest and newest tokens ----
+    // With budget = n_sink + n_recent and every layer sparse, a decode step attends exactly its sequence's n_sink
+    // oldest and n_recent newest cells, so its logits are those of dense decoding over a cache from which every
+    // other cell of that sequence was removed (seq_rm): the reference. Another sequence holds the first cells of
+    // a unified cache (cell order is not position order), and gaps (seq_rm before decoding, at the start and in
+    // the middle) move which positions are the oldest. One cell off (the window shifted by one) must be told apart.
+    if (servable && llama_model_n_swa(R.model) == 0) {
+        llama_adamas_params pf = def; pf.budget = 8; pf.n_sink = 4; pf.n_recent = 4; pf.n_dense = 0;
+        llama_adamas_params pd = def; pd.budget = 0;
+        const std::vector<llama_token> other = random_tokens(rng, 200, R.n_vocab);
+        const llama_token t = prompt[7];
+        // decodes t at n_prompt after the prompt, with [r0, r1) of sequence 0 removed first, and for the dense
+        // reference every cell but the first 4 and the last 3 (t is the 4th newest) of what is left
+        auto step = [&](const llama_adamas_params & ap, std::vector<std::pair<int, int>> rm, int64_t * steps) {
+            llama_context * ctx = R.make(1024, 2, true, GGML_TYPE_F16, ap, false, nullptr, ap.budget > 0);
+            R.eval(ctx, other, 0, 1, nullptr);
+            R.eval(ctx, prompt, 0, 0, nullptr);
+            for (auto [r0, r1] : rm) {
+                REQUIRE(llama_memory_seq_rm(llama_get_memory(ctx), 0, r0, r1), "seq_rm [%d, %d) failed", r0, r1);
+            }
+            std::vector<float> l;
+            R.eval(ctx, {t}, n_prompt, 0, &l);
+            if (steps) *steps = llama_adamas_n_sparse_steps(ctx);
+            llama_free(ctx);
+            return l;
+        };
+        // the positions kept: sinks from the lowest left after `gaps`, recent ones n_prompt-3 .. n_prompt-1; `off`
+        // moves one of them by one cell (1: the sinks start at the 2nd oldest; 2: the 4th newest, not the 2nd)
+        auto keep_only = [&](std::vector<std::pair<int, int>> gaps, int off) {
+            std::vector<int> left;
+            for (int i = 0; i < n_prompt; i++) {
+                bool gone = false;
+                for (auto [r0, r1] : gaps) gone |= i >= r0 && i < r1;
+                if (!gone) left.push_back(i);
+            }
+            const int n = (int) left.size();
+            std::vector<std::pair<int, int>> rm = gaps;
+            for (int k = 0; k < n; k++) {
+                const bool sink = off == 1 ? k >= 1 && k < 5 : k < 4;
+                const bool rec  = off == 2 ? k == n - 4 || k == n - 3 || k == n - 1 : k >= n - 3;
+                if (!sink && !rec) rm.push_back({ left[k], left[k] + 1 });
+            }
+            return rm;
+        };
+        for (const auto & gaps : { std::vector<std::pair<int, int>>{}, { {0, 3}, {100, 150} } }) {
+            int64_t steps = -1;
+            const std::vector<float> sparse = step(pf, gaps, &steps);
+            const std::vector<float> ref    = step(pd, keep_only(gaps, 0), nullptr);
+            const double d = max_rel_diff(sparse, ref);
+            const double d_off = std::min(max_rel_diff(sparse, step(pd, keep_only(gaps, 1), nullptr)),
+                                          max_rel_diff(sparse, step(pd, keep_only(gaps, 2), nullptr)));
+            printf("forced cells (%zu gaps): vs dense over them max rel diff %.3g, vs the window one cell off %.3g\n",
+                   gaps.size(), d, d_off);
+            CHECK(steps == 1, "forced cells: %lld sparse steps, expected 1", (long long) steps);
+            CHECK(d < 1e-3 && d*20 < d_off, "forced cells (%zu gaps): not the 4 oldest and 4 newest (vs reference %g, "
+                  "vs one off %g)", gaps.size(), d, d_off);
+        }
+    }
+
     // ---- 5-7. state save/load and context shift, F16 and quantized caches ----
     for (ggml_type type_kv : { GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0 }) {
         const char * tn = ggml_type_name(type_kv);
