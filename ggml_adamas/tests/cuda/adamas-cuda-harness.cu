@@ -8,6 +8,7 @@
 //                                          select case by both distance scans (register, and async on 8.0+)
 //   ./adamas-cuda-harness bench            kernel times at the issue's shapes (CUDA events, medians); the
 //                                          distance kernel by both scans
+//   ./adamas-cuda-harness streams          a sparse layer's kernels for N streams against one (issue 16's shapes)
 //   ./adamas-cuda-harness sweep            distance-kernel shapes (heads per block, rounds, pipelining) timed
 //   ./adamas-cuda-harness ablate           distance-kernel time with stages left out (where the time goes)
 //   compute-sanitizer ./adamas-cuda-harness check     (memcheck; racecheck/synccheck with --tool)
@@ -691,6 +692,39 @@ static int do_bench() {
     return 0;
 }
 
+// Issue 16's shapes: a sparse layer's kernels (the default selection: per-query-head rows, a pool of 4 x 64 by
+// codes, the rerank attention keeping 64) for N streams (per-sequence caches, one decode query each) against one
+// stream: whether N sequences cost N times one in the kernels, or where they cost more.
+static int do_bench_streams() {
+    std::mt19937 rng(1);
+    cudaDeviceProp prop; CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, %d SMs; times in us per call (CUDA graph replays), budget 64, pool 256 (rerank 4), head rows\n",
+           prop.name, prop.multiProcessorCount);
+    printf("| case | n_kv | heads q/kv | streams | select | rerank attn | layer | per stream | x one stream | codes GB/s |\n"
+           "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    struct shape { const char * name; int n_kv, n_head_kv, ns; };
+    const shape shapes[] = { {"7B MHA", 32768, 32, 4}, {"8B GQA", 32768, 8, 8}, {"8B GQA", 131072, 8, 4}, {"8B GQA", 8192, 8, 16} };
+    for (const shape & sh : shapes) {
+        float one = 0;
+        for (int ns : {1, sh.ns}) {
+            float ms_s[4] = {0, 0, 0, 0}, ms_r = 0;
+            sel_case sc = {128, sh.n_head_kv, 32/sh.n_head_kv, sh.n_kv, 1, 256, false, 1, 0, true};
+            sc.ns = ns;
+            run_select(sc, rng, false, ms_s);
+            // the attention reads the budget's rows only: a smaller cache per stream times the same work
+            attn_case rc = {128, sh.n_head_kv, 32/sh.n_head_kv, std::min(sh.n_kv, 8192), 1, 256, true, ADAMAS_KV_F16, true, 0.0f};
+            rc.n_keep = 64; rc.ns = ns;
+            run_attn(rc, rng, false, &ms_r);
+            const float layer = ms_s[0] + ms_r;
+            if (ns == 1) one = layer;
+            const double gb = (double) ns*sh.n_kv*sh.n_head_kv*32/1e9;
+            printf("| %s | %d | 32/%d | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %.0f |\n", sh.name, sh.n_kv, sh.n_head_kv, ns,
+                   ms_s[0], ms_r, layer, layer/ns, layer/(ns*one), gb/(ms_s[0]*1e-6));
+        }
+    }
+    return 0;
+}
+
 // The distance kernel's shape (KV heads per block, rounds per block, pipelined loads) swept at the bench shapes;
 // every variant's indices are compared with the op's own plan.
 static int do_sweep() {
@@ -798,6 +832,7 @@ int main(int argc, char ** argv) {
     // check SEED quick: the rerank's large pools left out (for the sanitizers)
     if (cmd == "check") return do_check(argc > 2 ? (unsigned) atoi(argv[2]) : 42u, argc > 3 && std::string(argv[3]) == "quick");
     if (cmd == "bench") return do_bench();
+    if (cmd == "streams") return do_bench_streams();
     if (cmd == "sweep") return do_sweep();
     if (cmd == "ablate") return do_ablate();
     if (cmd == "rrablate") return do_rrablate();
@@ -813,6 +848,6 @@ int main(int argc, char ** argv) {
         run_attn(ac, rng, false);
         return 0;
     }
-    fprintf(stderr, "usage: %s check [seed] | bench | sweep | ablate | rrablate | one N_KV N_HEAD_KV BUDGET group|head [HB ROUNDS PIPE [KEEP]] (HB 0: the op's plan)\n", argv[0]);
+    fprintf(stderr, "usage: %s check [seed] | bench | streams | sweep | ablate | rrablate | one N_KV N_HEAD_KV BUDGET group|head [HB ROUNDS PIPE [KEEP]] (HB 0: the op's plan)\n", argv[0]);
     return 2;
 }
