@@ -681,8 +681,9 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
         return;
     }
     // the select mask is the KQ mask with +INF at the forced cells. The KQ mask input was added to the graph before
-    // this one (build_attn_inp_kv precedes the layers), so it is already set for this ubatch: a copy (12 us at 128K
-    // F16 cells) instead of building it again (~300 us, linear in the cells).
+    // this one (build_attn_inp_kv precedes the layers), so it is already set for this ubatch: a copy instead of a
+    // second build (with the walk below, a sparse step's host work fell from 80.9 to 5.1 us at 16.6K cells on the
+    // 2-core Xeon: docs/perf-notes.md).
     if (kq_src && kq_src->buffer && ggml_backend_buffer_is_host(kq_src->buffer) && kq_src->type == sel_mask->type &&
             ggml_are_same_shape(kq_src, sel_mask) && ggml_is_contiguous(kq_src) && ggml_is_contiguous(sel_mask)) {
         memcpy(sel_mask->data, kq_src->data, ggml_nbytes(sel_mask));
