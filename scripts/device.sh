@@ -6,7 +6,7 @@
 #                               trimmed upstream tree and the wheels the GPU machine lacks
 #   scripts/device.sh kernels   there: the standalone kernel harness (seconds to build): checks against scalar
 #                               references, compute-sanitizer (memcheck, racecheck), kernel times, the distance
-#                               kernel's ablation (SWEEP=1: also the sweep its plan comes from)
+#                               kernel's ablation, N streams against one (SWEEP=1: also the sweep its plan comes from)
 #   scripts/device.sh kab       there: kernel A/B in one run: HARNESS (default .device/harness) `check 42 quick`, then
 #                               `bench` of HARNESS_OLD (a binary of an earlier revision, if given), of HARNESS with
 #                               GGML_CUDA_PDL=0 and of HARNESS as built ($LOG/bench-ab.md)
@@ -92,6 +92,7 @@ kernels)
     compute-sanitizer --tool racecheck /tmp/adamas-harness check 5 quick 2>&1 | tail -2
     /tmp/adamas-harness bench | tee "$LOG/kernels.md"
     /tmp/adamas-harness ablate | tee "$LOG/ablate.md"
+    /tmp/adamas-harness streams | tee "$LOG/streams.md" # issue 16: N streams' kernels against one
     [ -z "${SWEEP:-}" ] || /tmp/adamas-harness sweep > "$LOG/sweep.md" # SWEEP=1: the distance-kernel plan sweep
     ;;
 ncu)
