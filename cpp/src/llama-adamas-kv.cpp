@@ -696,9 +696,8 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
     // keep the n_sink oldest and the n_recent newest visible cells of each query row. In a causal, 1-D, non-SWA
     // row the visible cells are the (pos, cell) pairs of the token's sequence up to its position, which the cells
     // keep ordered (seq_pos): the forced ones are the first n_sink and the last n_recent of that range, found
-    // without reading the row. Otherwise (M-RoPE, SWA, non-causal) the row is read: where the visible positions
-    // have no gap at either end the forced cells are those within n_sink of the lowest and n_recent of the highest
-    // (two passes, no sort); any gap falls back to nth_element over (pos, cell), the same order as seq_pos.
+    // without reading the row. Otherwise (M-RoPE, SWA, non-causal) the row is read and the same cells are found
+    // by nth_element over its visible (pos, cell) pairs, seq_pos's order.
     const int64_t n_kv  = sel_mask->ne[0];
     const int64_t n_row = sel_mask->ne[1];
     const int64_t n_str = sel_mask->ne[3];
@@ -708,7 +707,6 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
     const bool by_seq = causal && !ubatch->is_pos_2d() && mctx->kv->swa_type == LLAMA_SWA_TYPE_NONE &&
                         n_row*n_str == (int64_t) ubatch->n_tokens;
     std::vector<std::pair<llama_pos, int64_t>> vis;
-    std::vector<int64_t> forced;
     for (int64_t s = 0; s < n_str; ++s) {
         const auto & cells = mctx->kv->v_cells[sinfo.strm[s]];
         for (int64_t r = 0; r < n_row; ++r) {
@@ -738,55 +736,15 @@ void llama_adamas_kv::input::set_input(const llama_ubatch * ubatch) {
                 }
                 continue;
             }
-            int64_t n = 0;
-            llama_pos p_lo = std::numeric_limits<llama_pos>::max(), p_hi = std::numeric_limits<llama_pos>::min();
-            for (int64_t c = 0; c < n_kv; ++c) {
-                if (visible(c)) {
-                    const llama_pos pc = cells.pos_get(c);
-                    p_lo = std::min(p_lo, pc);
-                    p_hi = std::max(p_hi, pc);
-                    n++;
-                }
-            }
-            const int64_t n_sink   = std::min<int64_t>(p.n_sink, n);
-            const int64_t n_recent = std::min<int64_t>(p_recent, n);
-            if (n == 0 || n_sink + n_recent >= n) {
-                for (int64_t c = 0; c < n_kv; ++c) {
-                    if (visible(c)) {
-                        keep(c); // all of them
-                    }
-                }
-                continue;
-            }
-            // without gaps: the sinks are the positions below p_lo + n_sink, the recent ones those above
-            // p_hi - n_recent; the counts say whether that holds (distinct positions)
-            const int64_t s_end   = (int64_t) p_lo + n_sink;   // sinks: pos < s_end
-            const int64_t r_begin = (int64_t) p_hi - n_recent; // recent: pos > r_begin
-            int64_t n_s = 0, n_r = 0;
-            forced.clear();
-            for (int64_t c = 0; c < n_kv; ++c) {
-                if (visible(c)) {
-                    const int64_t pc = cells.pos_get(c);
-                    const bool is_s = pc < s_end, is_r = pc > r_begin;
-                    n_s += is_s;
-                    n_r += is_r;
-                    if (is_s || is_r) {
-                        forced.push_back(c);
-                    }
-                }
-            }
-            if (n_s == n_sink && n_r == n_recent) {
-                for (int64_t c : forced) {
-                    keep(c);
-                }
-                continue;
-            }
             vis.clear();
             for (int64_t c = 0; c < n_kv; ++c) {
                 if (visible(c)) {
                     vis.emplace_back(cells.pos_get(c), c);
                 }
             }
+            const int64_t n        = (int64_t) vis.size();
+            const int64_t n_sink   = std::min<int64_t>(p.n_sink, n);
+            const int64_t n_recent = std::min<int64_t>(p_recent, n - n_sink); // fewer visible than both: all kept
             if (n_sink > 0) {
                 std::nth_element(vis.begin(), vis.begin() + n_sink - 1, vis.end());
             }

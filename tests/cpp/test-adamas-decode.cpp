@@ -775,13 +775,16 @@ int main(int argc, char ** argv) {
         const llama_token t = prompt[7];
         // decodes t at n_prompt after the prompt, with [r0, r1) of sequence 0 removed first, and for the dense
         // reference every cell but the first 4 and the last 3 (t is the 4th newest) of what is left
-        auto step = [&](const llama_adamas_params & ap, std::vector<std::pair<int, int>> rm, int64_t * steps) {
+        // causal = false: the decode step without the causal mask (the same visible cells for the newest token),
+        // whose select rows are read cell by cell instead of walking the sequence's ordered positions
+        auto step = [&](const llama_adamas_params & ap, std::vector<std::pair<int, int>> rm, int64_t * steps, bool causal = true) {
             llama_context * ctx = R.make(1024, 2, true, GGML_TYPE_F16, ap, false, nullptr, ap.budget > 0);
             R.eval(ctx, other, 0, 1, nullptr);
             R.eval(ctx, prompt, 0, 0, nullptr);
             for (auto [r0, r1] : rm) {
                 REQUIRE(llama_memory_seq_rm(llama_get_memory(ctx), 0, r0, r1), "seq_rm [%d, %d) failed", r0, r1);
             }
+            llama_set_causal_attn(ctx, causal);
             std::vector<float> l;
             R.eval(ctx, {t}, n_prompt, 0, &l);
             if (steps) *steps = llama_adamas_n_sparse_steps(ctx);
@@ -807,17 +810,20 @@ int main(int argc, char ** argv) {
             return rm;
         };
         for (const auto & gaps : { std::vector<std::pair<int, int>>{}, { {0, 3}, {100, 150} } }) {
-            int64_t steps = -1;
-            const std::vector<float> sparse = step(pf, gaps, &steps);
-            const std::vector<float> ref    = step(pd, keep_only(gaps, 0), nullptr);
-            const double d = max_rel_diff(sparse, ref);
-            const double d_off = std::min(max_rel_diff(sparse, step(pd, keep_only(gaps, 1), nullptr)),
-                                          max_rel_diff(sparse, step(pd, keep_only(gaps, 2), nullptr)));
-            printf("forced cells (%zu gaps): vs dense over them max rel diff %.3g, vs the window one cell off %.3g\n",
-                   gaps.size(), d, d_off);
-            CHECK(steps == 1, "forced cells: %lld sparse steps, expected 1", (long long) steps);
-            CHECK(d < 1e-3 && d*20 < d_off, "forced cells (%zu gaps): not the 4 oldest and 4 newest (vs reference %g, "
-                  "vs one off %g)", gaps.size(), d, d_off);
+            const std::vector<float> ref   = step(pd, keep_only(gaps, 0), nullptr);
+            const std::vector<float> off_1 = step(pd, keep_only(gaps, 1), nullptr);
+            const std::vector<float> off_2 = step(pd, keep_only(gaps, 2), nullptr);
+            for (bool causal : { true, false }) {
+                int64_t steps = -1;
+                const std::vector<float> sparse = step(pf, gaps, &steps, causal);
+                const double d = max_rel_diff(sparse, ref);
+                const double d_off = std::min(max_rel_diff(sparse, off_1), max_rel_diff(sparse, off_2));
+                printf("forced cells (%zu gaps, %s): vs dense over them max rel diff %.3g, vs the window one cell off %.3g\n",
+                       gaps.size(), causal ? "causal" : "non-causal", d, d_off);
+                CHECK(steps == 1, "forced cells: %lld sparse steps, expected 1", (long long) steps);
+                CHECK(d < 1e-3 && d*20 < d_off, "forced cells (%zu gaps, %s): not the 4 oldest and 4 newest (vs reference "
+                      "%g, vs one off %g)", gaps.size(), causal ? "causal" : "non-causal", d, d_off);
+            }
         }
     }
 
